@@ -1,0 +1,281 @@
+//! Deterministic tar framing for commit: ustar headers, PAX extended headers for what ustar
+//! cannot hold (xattrs, long names and link targets, large ids, sizes and times), and file
+//! content copied with large reads.
+//!
+//! Written over `tar::Header` (the field encoding) rather than `tar::Builder` because the
+//! builder copies content through `io::copy`'s 8 KiB buffer behind a `dyn Write`, writes GNU
+//! long-name entries where docker writes PAX records, and cannot check that a file still has
+//! the size its header announced. Everything a header could vary on (uname, gname, atime,
+//! ctime, header names of PAX entries) is fixed so the same tree gives the same bytes.
+
+use std::io::{self, Read, Write};
+
+const BLOCK: usize = 512;
+const MAX_OCTAL_7: u64 = 0o7777777;
+const MAX_OCTAL_11: u64 = 0o77777777777;
+
+/// Extended attributes as (name, value) pairs, sorted by name.
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One archive member, without its content.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// Relative name; directories end in `/`.
+    pub name: Vec<u8>,
+    pub kind: tar::EntryType,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub size: u64,
+    pub link_name: Option<Vec<u8>>,
+    pub device: Option<(u32, u32)>,
+    pub xattrs: Xattrs,
+}
+
+pub(crate) struct TarWriter<W: Write> {
+    out: W,
+}
+
+/// One `"<len> key=value\n"` PAX record; the length counts itself.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let base = key.len() + value.len() + 3;
+    let mut len = base + 1;
+    while len != base + len.to_string().len() {
+        len = base + len.to_string().len();
+    }
+    let mut record = format!("{len} ").into_bytes();
+    record.extend_from_slice(key);
+    record.push(b'=');
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
+}
+
+/// Splits a name over ustar's prefix (155) and name (100) fields, if it fits.
+fn ustar_split(name: &[u8]) -> Option<(&[u8], &[u8])> {
+    if name.len() <= 100 {
+        return Some((b"", name));
+    }
+    // The split must be at a '/', the '/' itself is dropped.
+    (1..name.len().min(156))
+        .rev()
+        .filter(|i| name[*i] == b'/')
+        .map(|i| (&name[..i], &name[i + 1..]))
+        .find(|(prefix, rest)| prefix.len() <= 155 && rest.len() <= 100 && !rest.is_empty())
+}
+
+fn padding(size: u64) -> usize {
+    (BLOCK - (size % BLOCK as u64) as usize) % BLOCK
+}
+
+impl<W: Write> TarWriter<W> {
+    pub(crate) fn new(out: W) -> Self {
+        TarWriter { out }
+    }
+
+    /// Writes `member`'s header (and a PAX header before it when needed).
+    pub(crate) fn write_header(&mut self, member: &Member) -> io::Result<()> {
+        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut header = tar::Header::new_ustar();
+        match ustar_split(&member.name) {
+            Some((prefix, name)) => {
+                let ustar = header.as_ustar_mut().expect("ustar header");
+                ustar.prefix[..prefix.len()].copy_from_slice(prefix);
+                ustar.name[..name.len()].copy_from_slice(name);
+            }
+            None => {
+                records.push((b"path".to_vec(), member.name.clone()));
+                let ustar = header.as_ustar_mut().expect("ustar header");
+                ustar.name.copy_from_slice(&member.name[..100]);
+            }
+        }
+        if let Some(link_name) = &member.link_name {
+            if link_name.len() <= 100 {
+                header.as_ustar_mut().expect("ustar header").linkname[..link_name.len()]
+                    .copy_from_slice(link_name);
+            } else {
+                records.push((b"linkpath".to_vec(), link_name.clone()));
+            }
+        }
+        header.set_entry_type(member.kind);
+        header.set_mode(member.mode & 0o7777);
+        for (key, value, setter) in [
+            (
+                "uid",
+                member.uid,
+                tar::Header::set_uid as fn(&mut tar::Header, u64),
+            ),
+            ("gid", member.gid, tar::Header::set_gid),
+        ] {
+            if value > MAX_OCTAL_7 {
+                records.push((key.as_bytes().to_vec(), value.to_string().into_bytes()));
+                setter(&mut header, 0);
+            } else {
+                setter(&mut header, value);
+            }
+        }
+        if member.mtime < 0 || member.mtime as u64 > MAX_OCTAL_11 {
+            records.push((b"mtime".to_vec(), member.mtime.to_string().into_bytes()));
+            header.set_mtime(0);
+        } else {
+            header.set_mtime(member.mtime as u64);
+        }
+        if member.size > MAX_OCTAL_11 {
+            records.push((b"size".to_vec(), member.size.to_string().into_bytes()));
+        }
+        header.set_size(member.size);
+        if let Some((major, minor)) = member.device {
+            header.set_device_major(major)?;
+            header.set_device_minor(minor)?;
+        }
+        for (name, value) in &member.xattrs {
+            let mut key = b"SCHILY.xattr.".to_vec();
+            key.extend_from_slice(name);
+            records.push((key, value.clone()));
+        }
+        header.set_cksum();
+
+        if !records.is_empty() {
+            records.sort();
+            let body: Vec<u8> = records
+                .iter()
+                .flat_map(|(key, value)| pax_record(key, value))
+                .collect();
+            let mut pax = tar::Header::new_ustar();
+            pax.as_ustar_mut().expect("ustar header").name[..9].copy_from_slice(b"PaxHeader");
+            pax.set_entry_type(tar::EntryType::XHeader);
+            pax.set_mode(0o644);
+            pax.set_uid(0);
+            pax.set_gid(0);
+            pax.set_mtime(0);
+            pax.set_size(body.len() as u64);
+            pax.set_cksum();
+            self.out.write_all(pax.as_bytes())?;
+            self.out.write_all(&body)?;
+            self.out
+                .write_all(&[0u8; BLOCK][..padding(body.len() as u64)])?;
+        }
+        self.out.write_all(header.as_bytes())
+    }
+
+    /// Copies exactly `size` bytes of content from `reader` and pads to a block. Returns the
+    /// number of bytes the reader actually had if it differs from `size`.
+    pub(crate) fn write_content(
+        &mut self,
+        reader: &mut impl Read,
+        size: u64,
+        buffer: &mut [u8],
+    ) -> io::Result<Result<(), u64>> {
+        let mut copied: u64 = 0;
+        while copied < size {
+            let want = buffer.len().min((size - copied) as usize);
+            let n = match reader.read(&mut buffer[..want]) {
+                Ok(0) => return Ok(Err(copied)),
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            self.out.write_all(&buffer[..n])?;
+            copied += n as u64;
+        }
+        // The file must end where its header said.
+        let mut probe = [0u8; 1];
+        loop {
+            match reader.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => return Ok(Err(size + 1)),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        self.out.write_all(&[0u8; BLOCK][..padding(size)])?;
+        Ok(Ok(()))
+    }
+
+    /// Writes the two zero blocks that end an archive and returns the writer.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.out.write_all(&[0u8; 2 * BLOCK])?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.as_bytes().to_vec(),
+            kind: tar::EntryType::Regular,
+            mode: 0o4755,
+            uid: 1000,
+            gid: 3_000_000,
+            mtime: 1_700_000_000,
+            size: 3,
+            link_name: None,
+            device: None,
+            xattrs: vec![(b"user.a".to_vec(), b"\x00\xffbinary".to_vec())],
+        }
+    }
+
+    fn check(member: Member) {
+        let mut writer = TarWriter::new(Vec::new());
+        writer.write_header(&member).unwrap();
+        let status = writer
+            .write_content(&mut &b"abc"[..], 3, &mut [0u8; 2])
+            .unwrap();
+        assert_eq!(status, Ok(()));
+        let bytes = writer.finish().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut entries = archive.entries().unwrap();
+        let mut entry = entries.next().unwrap().unwrap();
+        assert_eq!(entry.path_bytes().as_ref(), &member.name[..]);
+        assert_eq!(entry.header().mode().unwrap(), 0o4755);
+        assert_eq!(entry.header().uid().unwrap(), 1000);
+        assert_eq!(entry.header().gid().unwrap(), 3_000_000);
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = entry
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.key_bytes().starts_with(b"SCHILY.xattr."))
+            .map(|e| (e.key_bytes()[13..].to_vec(), e.value_bytes().to_vec()))
+            .collect();
+        assert_eq!(xattrs, member.xattrs);
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+        assert_eq!(content, b"abc");
+        assert!(entries.next().is_none());
+    }
+
+    #[test]
+    fn round_trips_through_the_tar_crate() {
+        check(member("short"));
+        check(member(&format!("{}/{}", "d".repeat(120), "f".repeat(90))));
+        check(member(&"x".repeat(300)));
+    }
+
+    #[test]
+    fn reports_a_file_that_changed_size() {
+        let mut writer = TarWriter::new(Vec::new());
+        let buffer = &mut [0u8; 4];
+        assert_eq!(
+            writer.write_content(&mut &b"ab"[..], 3, buffer).unwrap(),
+            Err(2)
+        );
+        assert_eq!(
+            writer.write_content(&mut &b"abcd"[..], 3, buffer).unwrap(),
+            Err(4)
+        );
+    }
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        assert_eq!(pax_record(b"path", b"a"), b"9 path=a\n");
+        assert_eq!(pax_record(b"path", b"abcdef"), b"15 path=abcdef\n");
+        let record = pax_record(b"k", &[b'v'; 95]);
+        assert_eq!(record.len(), 102);
+        assert!(record.starts_with(b"102 k="));
+    }
+}

@@ -1,0 +1,290 @@
+//! The content-addressed store: an OCI image layout (blobs, index.json with names), unpacked
+//! layer snapshots, build-cache records, one writer lock. Knows digests and bytes only: it
+//! never sees build instructions, containers or registries.
+//!
+//! On disk, under one root:
+//!
+//! ```text
+//! oci-layout                 {"imageLayoutVersion":"1.0.0"}
+//! index.json                 one descriptor per (image, name); the name is the annotation
+//!                            org.opencontainers.image.ref.name = full normalised reference
+//!                            (docker.io/library/busybox:latest); unnamed (dangling) images
+//!                            have a descriptor without it
+//! blobs/sha256/<hex>         manifests, configs, layers (as received or zstd when kiln made them)
+//! snapshots/<chainid-hex>/   unpacked layers keyed by chain ID, usable as overlay lower dirs
+//! cache/                     build-cache records (owned by the cache/executor modules)
+//! containers/                running containers' upper/work dirs (owned by the executor),
+//!                            each named `owned_name(id)` so `sweep` knows its owner process
+//! tmp/                       ingest files and staging dirs, same filesystem so rename commits;
+//!                            named `owned_name(label)` too
+//! lock                       flock: exclusive while index.json is changed
+//! gc.lock                    flock: shared while a writer has uncommitted blobs; exclusive
+//!                            while prune deletes
+//! ```
+//!
+//! Invariants: a blob appears in `blobs/` only by rename after its digest was checked; index.json
+//! is replaced whole by rename under `lock`; so a process killed anywhere leaves at most garbage
+//! in `tmp/` and unreferenced blobs, which `prune` removes; `sweep` (run by build, run and
+//! prune) removes the `tmp/` and `containers/` entries whose owner process is gone.
+
+pub mod archive;
+pub mod blob;
+pub mod compression;
+pub mod fsck;
+pub mod image;
+pub mod index;
+pub mod ingest;
+pub mod lock;
+pub mod members;
+pub mod prune;
+pub mod snapshot;
+pub mod sweep;
+
+use crate::digest::Digest;
+use std::path::{Path, PathBuf};
+
+pub use blob::{BlobInfo, BlobWriter};
+pub use compression::Compression;
+pub use image::{Healthcheck, Image, ImageConfig};
+pub use ingest::LayerInfo;
+pub use lock::{GcPin, StoreLock};
+pub use oci_spec::distribution::Reference;
+pub use sweep::{owned_name, SweepReport};
+
+/// Everything that can go wrong in the store, one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create store directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an OCI image layout (oci-layout says {found:?})")]
+    NotLayout { path: PathBuf, found: String },
+    #[error("cannot write temporary file in {dir}")]
+    TempFile {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to write blob")]
+    WriteBlob(#[source] std::io::Error),
+    #[error("failed to commit blob {digest}")]
+    CommitBlob {
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {digest} is missing from the store")]
+    MissingBlob { digest: Digest },
+    #[error("failed to read blob {digest}")]
+    ReadBlob {
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to write {path}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} is not valid JSON: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid digest {value:?} in {what}")]
+    BadDigest { what: String, value: String },
+    #[error("invalid image reference {value:?}: {source}")]
+    BadReference {
+        value: String,
+        #[source]
+        source: oci_spec::distribution::ParseError,
+    },
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+    #[error("image ID prefix {prefix:?} is ambiguous: matches {n_matches} images")]
+    AmbiguousId { prefix: String, n_matches: usize },
+    #[error("unsupported media type {media_type:?} for {what}")]
+    UnknownMediaType { what: String, media_type: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An opened store root. Cheap to clone; holds no file handles.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+
+impl Store {
+    /// Opens the store at `root`, creating the layout (directories, `oci-layout`, an empty
+    /// `index.json`) when it is missing. Refuses a directory whose `oci-layout` is not 1.0.0.
+    pub fn open(root: &Path) -> Result<Store> {
+        let store = Store {
+            root: root.to_path_buf(),
+        };
+        for dir in [
+            store.root.clone(),
+            store.blobs_dir(),
+            store.tmp_dir(),
+            store.cache_dir(),
+            store.snapshots_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let layout_path = store.root.join("oci-layout");
+        let index_path = store.index_path();
+        if !layout_path.exists() || !index_path.exists() {
+            let _lock = store.lock()?;
+            if !layout_path.exists() {
+                blob::write_file_atomic(&store.tmp_dir(), &layout_path, OCI_LAYOUT.as_bytes())?;
+            }
+            if !index_path.exists() {
+                index::write_index(&store, &index::empty_index())?;
+            }
+        }
+        let found =
+            std::fs::read_to_string(&layout_path).map_err(|source| StoreError::ReadFile {
+                path: layout_path.clone(),
+                source,
+            })?;
+        let version = serde_json::from_str::<serde_json::Value>(&found)
+            .ok()
+            .and_then(|v| v["imageLayoutVersion"].as_str().map(str::to_string));
+        if version.as_deref() != Some("1.0.0") {
+            return Err(StoreError::NotLayout {
+                path: store.root.clone(),
+                found,
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `blobs/sha256`.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+    /// Where ingest files live until renamed into place; same filesystem as the blobs.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    /// Build-cache records; the store only creates the directory and never reads it.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+    /// Unpacked layers keyed by chain ID.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+    /// Containers' upper/work/merged dirs (the executor's).
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+    /// The path of a blob (which may not exist).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+}
+
+/// Parses and normalises an image name (`busybox` -> `docker.io/library/busybox:latest`).
+pub fn parse_reference(value: &str) -> Result<Reference> {
+    crate::reference::parse(value).map_err(|source| StoreError::BadReference {
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// Converts kiln's digest to oci-spec's.
+pub fn oci_digest(digest: &Digest) -> oci_spec::image::Digest {
+    digest
+        .to_string()
+        .parse()
+        .expect("a kiln Digest is always a valid OCI digest")
+}
+
+/// Converts an oci-spec digest (as found in a descriptor) to kiln's, naming the place on error.
+pub fn kiln_digest(digest: &oci_spec::image::Digest, what: &str) -> Result<Digest> {
+    digest
+        .to_string()
+        .parse()
+        .map_err(|_| StoreError::BadDigest {
+            what: what.to_string(),
+            value: digest.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_a_layout_and_refuses_other_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("oci-layout")).unwrap(),
+            OCI_LAYOUT
+        );
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.index_path()).unwrap()).unwrap();
+        assert_eq!(index["schemaVersion"], 2);
+        assert_eq!(index["manifests"], serde_json::json!([]));
+        // Opening again changes nothing.
+        Store::open(dir.path()).unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(
+            other.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"9"}"#,
+        )
+        .unwrap();
+        let err = Store::open(other.path()).unwrap_err();
+        assert!(matches!(err, StoreError::NotLayout { .. }), "{err}");
+    }
+
+    #[test]
+    fn names_normalise_as_docker_does() {
+        assert_eq!(
+            parse_reference("busybox").unwrap().whole(),
+            "docker.io/library/busybox:latest"
+        );
+        assert!(parse_reference("Bad Name").is_err());
+    }
+}
