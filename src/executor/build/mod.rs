@@ -1,0 +1,1389 @@
+//! Runs a `BuildGraph`: every node in dependency order, independent nodes (so independent
+//! stages) at the same time on up to `jobs` threads, each step first looked up in the build
+//! cache. Produces the target's image in the store.
+//!
+//! - Source: the base image's layers, unpacked on demand as snapshots (lower dirs).
+//! - Exec: a container (`executor::container`) over the parent's snapshots with a fresh upper
+//!   dir; after exit 0 the mount stubs are removed, the upper dir is committed as a zstd layer
+//!   blob and then renamed to be the snapshot of the new chain ID (never unpacked again).
+//!   `RUN --mount`s come from `mounts` (bind, cache, tmpfs, secret, ssh); a build-context
+//!   bind's content digest is part of the step's key, like a COPY source's.
+//! - Copy: the same, but the files are written host-side into an overlay mounted in a private
+//!   mount namespace (`copy`).
+//! - Meta: no layer (WORKDIR creates its directory like a Copy); the config comes from the
+//!   planner, which computed it exactly.
+//!
+//! Cache: each node's `CacheKey` is the planner's op key over the parent's key plus what only
+//! the executor knows (COPY sources' content digests, the keys of stages copied from). A
+//! record (`record`) maps the key to the step's layer; a hit needs the blob still present (a
+//! missing snapshot is unpacked from it when a later step runs on it), and then nothing runs.
+//! A key that misses locally is looked up in the caches imported with `--cache-from`
+//! (`remote_cache`): a hit there downloads just that layer and writes the local record. The final image's history keeps each step's original
+//! time, so a fully cached rebuild produces the same image ID.
+//!
+//! Knows graphs, containers, snapshots and the store; never Dockerfile syntax. Progress goes to
+//! a `ProgressSink`; nothing here prints.
+
+pub mod copy;
+pub mod image;
+pub mod mounts;
+pub mod progress;
+pub mod record;
+pub mod remote_cache;
+
+use crate::cache::CacheKey;
+use crate::context::{ContextError, ContextIndex};
+use crate::digest::Digest;
+use crate::error_chain;
+use crate::executor::container::{
+    self, BindMount, CommandLine, ContainerError, ContainerIo, ContainerSpec, ExtraMount,
+    NetworkMode, OutputSink, Rootfs, StorageDriver,
+};
+use crate::layer::{write_layer_stream, CommitOptions, LayerError};
+use crate::planner::{
+    BuildGraph, CacheKeyError, ConfigChange, CopyOp, CopySource, ExecOp, Network, Node, NodeId, Op,
+    SourceOp,
+};
+use crate::store::{Image, Store, StoreError};
+use copy::{Item, ItemKind, Root};
+use progress::{Event, ProgressSink, StepInfo, Stream};
+use record::{CacheRecord, LayerRef};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// How many bytes of a failed step's output the error keeps.
+const TAIL_BYTES: usize = 4096;
+
+/// Why a build failed; every step variant names the step and its Dockerfile place.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{step}: process {argv:?} did not complete successfully: exit code: {code}{}",
+        if tail.is_empty() { String::new() } else { format!("\n--- last output ---\n{tail}") })]
+    StepFailed {
+        step: String,
+        argv: Vec<String>,
+        code: i32,
+        tail: String,
+    },
+    #[error("{step}: container failed")]
+    Container {
+        step: String,
+        #[source]
+        source: ContainerError,
+    },
+    #[error("{step}: failed to commit the layer")]
+    Commit {
+        step: String,
+        #[source]
+        source: LayerError,
+    },
+    #[error("{step}: {message}")]
+    Copy { step: String, message: String },
+    #[error("{step}")]
+    Context {
+        step: String,
+        #[source]
+        source: ContextError,
+    },
+    #[error("{step}: no build context (the Dockerfile came from stdin): {what} needs one")]
+    NoContext { step: String, what: String },
+    #[error("{step}: {what} is not supported yet")]
+    Unsupported { step: String, what: String },
+    #[error("{step}: {message}")]
+    Mount { step: String, message: String },
+    #[error("{step}: failed to download {url}: {message}")]
+    Download {
+        step: String,
+        url: String,
+        message: String,
+    },
+    #[error("{step}: checksum mismatch for {url}: expected {expected}, got {actual}")]
+    Checksum {
+        step: String,
+        url: String,
+        expected: String,
+        actual: Digest,
+    },
+    #[error("{step}: cache key")]
+    CacheKey {
+        step: String,
+        #[source]
+        source: CacheKeyError,
+    },
+    #[error("{what}")]
+    Store {
+        what: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the build reads besides the graph.
+pub struct BuildInputs<'a> {
+    /// The scanned build context; `None` when the Dockerfile came from stdin.
+    pub context: Option<&'a ContextIndex>,
+    /// Base images by manifest digest (what the planner's Source nodes name).
+    pub images: BTreeMap<Digest, Image>,
+    /// Secrets and ssh agents RUN mounts may use (`--secret`, `--ssh`).
+    pub session: mounts::SessionInputs,
+    /// Caches imported with `--cache-from`, consulted when a step's key misses locally.
+    pub remote_cache: Option<&'a remote_cache::RemoteCache>,
+}
+
+/// Executor settings that never change a result.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Steps run at once at most (0: as many as are ready).
+    pub jobs: usize,
+    /// Ignore cache records (they are still written).
+    pub no_cache: bool,
+    /// Default network of RUN steps (`--network`); `RUN --network=` overrides it.
+    pub network: NetworkMode,
+    /// The kiln binary containers start as `kiln init` (default: this executable).
+    pub kiln_binary: Option<PathBuf>,
+    /// `--cache-to type=inline`: write the cache records of the final image's steps into its
+    /// config (`remote_cache::INLINE_CACHE_FIELD`), so `--cache-from IMAGE` can use it.
+    pub inline_cache: bool,
+}
+
+/// The built image and what ran.
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    pub image: Image,
+    pub n_steps: usize,
+    pub n_cached: usize,
+    /// The cache key of every step that can have a record (all but `FROM`), in graph order.
+    pub steps: Vec<StepKey>,
+}
+
+/// One step's cache key, and whether the step's layer is part of the final image (the step is
+/// on the target's chain of parents), which is what `--cache-to mode=min` exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepKey {
+    pub key: CacheKey,
+    pub in_final_image: bool,
+}
+
+/// A step's history entry as it goes into the image.
+#[derive(Debug, Clone)]
+struct History {
+    created_by: String,
+    created: String,
+    empty_layer: bool,
+    cached: bool,
+}
+
+/// What a finished node hands to the nodes after it.
+#[derive(Debug, Clone)]
+struct NodeState {
+    key: CacheKey,
+    /// The image the node's chain started from (None: scratch).
+    base: Option<Image>,
+    /// Layers added by this chain's steps, bottom first (the base image's are in `base`).
+    layers: Vec<LayerRef>,
+    history: Vec<History>,
+}
+
+struct Shared<'a> {
+    graph: &'a BuildGraph,
+    store: &'a Store,
+    inputs: &'a BuildInputs<'a>,
+    options: &'a ExecOptions,
+    sink: &'a dyn ProgressSink,
+    counter: AtomicUsize,
+    n_cached: AtomicUsize,
+    n_steps: AtomicUsize,
+}
+
+/// Builds the graph's target and stores its image (unnamed; the caller names it).
+pub fn execute(
+    graph: &BuildGraph,
+    store: &Store,
+    inputs: &BuildInputs<'_>,
+    options: &ExecOptions,
+    sink: &dyn ProgressSink,
+) -> Result<BuildResult, BuildError> {
+    let _pin = store.pin().map_err(|source| BuildError::Store {
+        what: "pin the store against prune".into(),
+        source,
+    })?;
+    std::fs::create_dir_all(store.containers_dir()).map_err(|source| BuildError::Io {
+        what: format!("create {}", store.containers_dir().display()),
+        source,
+    })?;
+    let shared = Shared {
+        graph,
+        store,
+        inputs,
+        options,
+        sink,
+        counter: AtomicUsize::new(0),
+        n_cached: AtomicUsize::new(0),
+        n_steps: AtomicUsize::new(0),
+    };
+    let jobs = if options.jobs == 0 {
+        graph.stages.len().max(1)
+    } else {
+        options.jobs
+    };
+    let mut states: BTreeMap<NodeId, NodeState> = BTreeMap::new();
+    let mut failure: Option<BuildError> = None;
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let mut done: BTreeSet<NodeId> = BTreeSet::new();
+        let mut running: BTreeSet<NodeId> = BTreeSet::new();
+        loop {
+            if failure.is_none() {
+                for id in graph.ready(&done) {
+                    if running.len() >= jobs {
+                        break;
+                    }
+                    if running.contains(&id) {
+                        continue;
+                    }
+                    running.insert(id);
+                    let node = graph.node(id);
+                    let parent = node.parent.map(|parent| states[&parent].clone());
+                    let others: BTreeMap<NodeId, NodeState> = node
+                        .inputs
+                        .iter()
+                        .filter(|input| Some(**input) != node.parent)
+                        .map(|input| (*input, states[input].clone()))
+                        .collect();
+                    let sender = sender.clone();
+                    let shared = &shared;
+                    scope.spawn(move || {
+                        let result = run_node(shared, node, parent, &others);
+                        let _ = sender.send((id, result));
+                    });
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let Ok((id, result)) = receiver.recv() else {
+                break;
+            };
+            running.remove(&id);
+            match result {
+                Ok(state) => {
+                    states.insert(id, state);
+                    done.insert(id);
+                }
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+    });
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let mut final_chain = BTreeSet::new();
+    let mut cursor = Some(graph.target);
+    while let Some(id) = cursor {
+        final_chain.insert(id);
+        cursor = graph.node(id).parent;
+    }
+    let steps: Vec<StepKey> = graph
+        .nodes
+        .iter()
+        .filter(|node| !matches!(node.op, Op::Source(_)))
+        .filter_map(|node| {
+            states.get(&node.id).map(|state| StepKey {
+                key: state.key.clone(),
+                in_final_image: final_chain.contains(&node.id),
+            })
+        })
+        .collect();
+    let state = states
+        .remove(&graph.target)
+        .expect("the target is done when nothing failed");
+    let inline_cache = options.inline_cache.then(|| {
+        remote_cache::inline_cache_value(&remote_cache::records_to_export(
+            store,
+            &steps,
+            remote_cache::CacheMode::Min,
+        ))
+    });
+    let image = image::assemble(
+        store,
+        graph,
+        &state.base,
+        &state.layers,
+        &state.history,
+        inline_cache,
+    )?;
+    let cached: Vec<bool> = image::base_history_len(&state.base)
+        .map(|n| std::iter::repeat(false).take(n))
+        .into_iter()
+        .flatten()
+        .chain(state.history.iter().map(|h| h.cached))
+        .collect();
+    // Best effort: only `kiln history` reads it.
+    let _ = record::save_build_note(store, &image.id(), &cached);
+    Ok(BuildResult {
+        image,
+        n_steps: shared.n_steps.load(Ordering::SeqCst),
+        n_cached: shared.n_cached.load(Ordering::SeqCst),
+        steps,
+    })
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Whether progress shows a node (BuildKit shows FROM, RUN, COPY/ADD and WORKDIR).
+fn shown(node: &Node) -> bool {
+    match &node.op {
+        Op::Source(_) | Op::Exec(_) | Op::Copy(_) => true,
+        Op::Meta(meta) => matches!(meta.change, ConfigChange::Workdir { create: true, .. }),
+    }
+}
+
+/// `[stage k/n]` for a shown node.
+fn step_label(graph: &BuildGraph, node: &Node) -> String {
+    let steps: Vec<NodeId> = graph
+        .nodes
+        .iter()
+        .filter(|other| other.stage == node.stage && shown(other))
+        .map(|other| other.id)
+        .collect();
+    let position = steps.iter().position(|id| *id == node.id).unwrap_or(0) + 1;
+    let stage = graph.stage(node.stage);
+    let name = stage.and_then(|stage| stage.name.clone());
+    match name {
+        Some(name) => format!("[{name} {position}/{}]", steps.len()),
+        None if graph.stages.len() > 1 => {
+            format!("[stage-{} {position}/{}]", node.stage, steps.len())
+        }
+        None => format!("[{position}/{}]", steps.len()),
+    }
+}
+
+fn step_name(node: &Node) -> String {
+    match &node.location {
+        Some(location) => format!("{location}: {}", node.description),
+        None => node.description.clone(),
+    }
+}
+
+fn run_node(
+    shared: &Shared<'_>,
+    node: &Node,
+    parent: Option<NodeState>,
+    others: &BTreeMap<NodeId, NodeState>,
+) -> Result<NodeState, BuildError> {
+    let step = step_name(node);
+    let number = if shown(node) {
+        let number = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.sink.event(Event::Started(StepInfo {
+            number,
+            label: step_label(shared.graph, node),
+            description: node.description.clone(),
+        }));
+        Some(number)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let result = run_node_inner(shared, node, parent, others, number, &step);
+    if let Some(number) = number {
+        match &result {
+            Ok((_, true)) => {}
+            Ok((_, false)) => shared.sink.event(Event::Done {
+                number,
+                elapsed: started.elapsed(),
+            }),
+            Err(err) => shared.sink.event(Event::Failed {
+                number,
+                message: err.to_string(),
+            }),
+        }
+    }
+    result.map(|(state, _)| state)
+}
+
+/// Runs (or finds in the cache) one node; the flag says it was a cache hit.
+fn run_node_inner(
+    shared: &Shared<'_>,
+    node: &Node,
+    parent: Option<NodeState>,
+    others: &BTreeMap<NodeId, NodeState>,
+    number: Option<usize>,
+    step: &str,
+) -> Result<(NodeState, bool), BuildError> {
+    let store = shared.store;
+    let key_error = |source| BuildError::CacheKey {
+        step: step.to_string(),
+        source,
+    };
+    let parent = match (&node.op, parent) {
+        (Op::Source(source), _) => {
+            let key = shared
+                .graph
+                .cache_key(node.id, &BTreeMap::new(), &[])
+                .map_err(key_error)?;
+            let base = match source {
+                SourceOp::Scratch => None,
+                SourceOp::Image {
+                    digest, reference, ..
+                } => Some(shared.inputs.images.get(digest).cloned().ok_or_else(|| {
+                    BuildError::Store {
+                        what: format!("{step}: base image {reference} is not in the store"),
+                        source: StoreError::NoSuchImage(reference.clone()),
+                    }
+                })?),
+            };
+            if let Some(image) = &base {
+                // Unpack the base layers now, in this step, so progress shows the time here.
+                store
+                    .snapshot_lowerdirs(image)
+                    .map_err(|source| BuildError::Store {
+                        what: format!("{step}: unpack base image layers"),
+                        source,
+                    })?;
+            }
+            return Ok((
+                NodeState {
+                    key,
+                    base,
+                    layers: Vec::new(),
+                    history: Vec::new(),
+                },
+                false,
+            ));
+        }
+        (_, Some(parent)) => parent,
+        (_, None) => unreachable!("every non-source node has a parent"),
+    };
+
+    // The cache key: the op over the parent's key plus what only the executor knows.
+    let mut keys: BTreeMap<NodeId, CacheKey> = others
+        .iter()
+        .map(|(id, state)| (*id, state.key.clone()))
+        .collect();
+    if let Some(parent_id) = node.parent {
+        keys.insert(parent_id, parent.key.clone());
+    }
+    let mut prepared: Option<PreparedCopy> = None;
+    let mut source_digests = Vec::new();
+    if let Op::Copy(copy_op) = &node.op {
+        let prepared_copy = prepare_copy(shared, copy_op, step)?;
+        source_digests = prepared_copy.digests.clone();
+        prepared = Some(prepared_copy);
+    }
+    if let Op::Exec(exec) = &node.op {
+        source_digests = mounts::context_digests(shared.inputs.context, exec, step)?;
+    }
+    let key = shared
+        .graph
+        .cache_key(node.id, &keys, &source_digests)
+        .map_err(key_error)?;
+
+    let mut state = parent.clone();
+    state.key = key.clone();
+    let history_entry = node.history.clone();
+
+    if !shared.options.no_cache && !shared.graph.no_cache {
+        let mut hit = record::load(store, &key).filter(|r| record_usable(store, r));
+        if hit.is_none() {
+            if let Some(remote) = shared.inputs.remote_cache {
+                hit = remote_hit(shared, remote, &key, step);
+            }
+        }
+        if let Some(record) = hit {
+            if let Some(number) = number {
+                shared.sink.event(Event::Cached { number });
+            }
+            if number.is_some() {
+                shared.n_cached.fetch_add(1, Ordering::SeqCst);
+                shared.n_steps.fetch_add(1, Ordering::SeqCst);
+            }
+            if let Some(layer) = &record.layer {
+                state.layers.push(layer.clone());
+            }
+            if let Some(entry) = history_entry {
+                state.history.push(History {
+                    created_by: entry.created_by,
+                    created: record.created.clone(),
+                    empty_layer: record.layer.is_none(),
+                    cached: true,
+                });
+            }
+            return Ok((state, true));
+        }
+    }
+    if number.is_some() {
+        shared.n_steps.fetch_add(1, Ordering::SeqCst);
+    }
+
+    let layer = match &node.op {
+        Op::Exec(exec) => run_exec(shared, &parent, others, exec, number, step)?,
+        Op::Copy(copy_op) => {
+            let prepared = prepared.expect("prepared above");
+            let result = run_copy(shared, &parent, others, copy_op, &prepared, step);
+            prepared.cleanup();
+            result?
+        }
+        Op::Meta(meta) => match &meta.change {
+            ConfigChange::Workdir {
+                path,
+                create: true,
+                user,
+            } => run_workdir(shared, &parent, path, user, step)?,
+            _ => None,
+        },
+        Op::Source(_) => unreachable!("handled above"),
+    };
+    let record = CacheRecord {
+        layer: layer.clone(),
+        created: now_rfc3339(),
+    };
+    record::save(store, &key, &record).map_err(|source| BuildError::Io {
+        what: format!("{step}: write cache record"),
+        source,
+    })?;
+    if let Some(layer) = layer {
+        state.layers.push(layer);
+    }
+    if let Some(entry) = history_entry {
+        state.history.push(History {
+            created_by: entry.created_by,
+            created: record.created,
+            empty_layer: record.layer.is_none(),
+            cached: false,
+        });
+    }
+    Ok((state, false))
+}
+
+/// Looks `key` up in the imported caches; on a hit, fetches the layer blob, writes the local
+/// record and returns it. A hit that cannot be fetched is a
+/// warning and a miss: the step runs as if the cache had not had it.
+fn remote_hit(
+    shared: &Shared<'_>,
+    remote: &remote_cache::RemoteCache,
+    key: &CacheKey,
+    step: &str,
+) -> Option<CacheRecord> {
+    let hit = remote.lookup(key)?;
+    let result = (|| -> Result<(), String> {
+        // Only the blob: its snapshot is unpacked if and when a step runs on it (`lowerdirs`),
+        // so a build whose steps all hit unpacks nothing.
+        remote
+            .fetch(shared.store, &hit)
+            .map_err(|err| error_chain(&err))?;
+        record::save(shared.store, key, &hit.record)
+            .map_err(|err| format!("write cache record: {err}"))
+    })();
+    match result {
+        Ok(()) => Some(hit.record),
+        Err(message) => {
+            shared.sink.event(Event::Note {
+                message: format!(
+                    "warning: {step}: cannot use the imported cache record, running the step: {message}"
+                ),
+            });
+            None
+        }
+    }
+}
+
+/// The chain IDs of a state's whole layer stack (base image's, then built ones).
+fn chain_ids(state: &NodeState) -> Result<Vec<Digest>, BuildError> {
+    let mut diff_ids = match &state.base {
+        Some(image) => image.diff_ids().map_err(|source| BuildError::Store {
+            what: "read base image diff IDs".into(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    diff_ids.extend(state.layers.iter().map(|layer| layer.diff_id.clone()));
+    Ok(crate::store::image::chain_ids(&diff_ids))
+}
+
+/// A record is usable when its layer blob is in the store; a missing snapshot (pruned, or a
+/// hit imported from a remote cache) is unpacked from the blob when a step needs it.
+fn record_usable(store: &Store, record: &CacheRecord) -> bool {
+    match &record.layer {
+        None => true,
+        Some(layer) => store.has_blob(&layer.digest),
+    }
+}
+
+/// The snapshot dirs of a state's root file system, bottom first.
+fn lowerdirs(store: &Store, state: &NodeState, step: &str) -> Result<Vec<PathBuf>, BuildError> {
+    let mut dirs = match &state.base {
+        Some(image) => {
+            let mut dirs = store
+                .snapshot_lowerdirs(image)
+                .map_err(|source| BuildError::Store {
+                    what: format!("{step}: unpack base image layers"),
+                    source,
+                })?;
+            dirs.reverse();
+            dirs
+        }
+        None => Vec::new(),
+    };
+    let ids = chain_ids(state)?;
+    let n_base = ids.len() - state.layers.len();
+    for (id, layer) in ids[n_base..].iter().zip(&state.layers) {
+        let dir = store.snapshot_path(id);
+        if !dir.is_dir() {
+            // A cache hit whose snapshot is not here (imported, or pruned): unpack its blob.
+            remote_cache::unpack_snapshot(store, layer, &dir).map_err(|err| BuildError::Store {
+                what: format!("{step}: snapshot {id} is missing and cannot be unpacked"),
+                source: StoreError::Invalid(error_chain(&err)),
+            })?;
+        }
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}
+
+fn random_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::thread_rng().gen();
+    hex::encode(bytes)
+}
+
+/// Commits `changes` (an upper dir) as a layer and keeps it as the snapshot of the new chain
+/// ID. `None` when nothing changed.
+fn commit(
+    store: &Store,
+    parent: &NodeState,
+    changes: &Path,
+    step: &str,
+) -> Result<Option<LayerRef>, BuildError> {
+    let io_error = |what: String| move |source| BuildError::Io { what, source };
+    let empty = std::fs::read_dir(changes)
+        .map_err(io_error(format!("{step}: read {}", changes.display())))?
+        .next()
+        .is_none();
+    if empty {
+        return Ok(None);
+    }
+    let store_error = |what: &str| {
+        let what = format!("{step}: {what}");
+        move |source| BuildError::Store { what, source }
+    };
+    let mut blob = store
+        .blob_writer()
+        .map_err(store_error("open layer blob"))?;
+    // The blob writer digests the compressed bytes itself: no second hash of them here.
+    let stream =
+        write_layer_stream(changes, &mut blob, CommitOptions::default()).map_err(|source| {
+            BuildError::Commit {
+                step: step.to_string(),
+                source,
+            }
+        })?;
+    let stored = blob.commit(None).map_err(store_error("store layer blob"))?;
+    let layer = LayerRef {
+        digest: stored.digest,
+        diff_id: stream.diff_id,
+        size: stored.size,
+        media_type: crate::layer::Compression::Zstd { level: 3 }
+            .media_type()
+            .to_string(),
+    };
+    let mut with = parent.clone();
+    with.layers.push(layer.clone());
+    let chain_id = chain_ids(&with)?
+        .last()
+        .cloned()
+        .expect("at least one layer");
+    let snapshot = store.snapshot_path(&chain_id);
+    if !snapshot.is_dir() {
+        match std::fs::rename(changes, &snapshot) {
+            Ok(()) => {}
+            // Someone else made the same snapshot meanwhile: theirs is as good.
+            Err(_) if snapshot.is_dir() => {}
+            Err(source) => {
+                return Err(BuildError::Io {
+                    what: format!("{step}: keep snapshot {}", snapshot.display()),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(Some(layer))
+}
+
+/// Copies a step's output to the progress sink and keeps its tail for the error message.
+struct StepOutput<'a> {
+    sink: &'a dyn ProgressSink,
+    number: Option<usize>,
+    stream: Stream,
+    tail: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Write for StepOutput<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(number) = self.number {
+            self.sink.event(Event::Output {
+                number,
+                stream: self.stream,
+                bytes: buf.to_vec(),
+            });
+        }
+        if let Ok(mut tail) = self.tail.lock() {
+            tail.extend_from_slice(buf);
+            if tail.len() > TAIL_BYTES * 2 {
+                let cut = tail.len() - TAIL_BYTES;
+                tail.drain(..cut);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tail_text(tail: &Mutex<Vec<u8>>) -> String {
+    let bytes = tail.lock().map(|t| t.clone()).unwrap_or_default();
+    let start = bytes.len().saturating_sub(TAIL_BYTES);
+    let text = String::from_utf8_lossy(&bytes[start..]).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(10);
+    lines[from..].join("\n")
+}
+
+fn run_exec(
+    shared: &Shared<'_>,
+    parent: &NodeState,
+    others: &BTreeMap<NodeId, NodeState>,
+    exec: &ExecOp,
+    number: Option<usize>,
+    step: &str,
+) -> Result<Option<LayerRef>, BuildError> {
+    let store = shared.store;
+    let lowers = lowerdirs(store, parent, step)?;
+    let id = random_id();
+    let state_dir = store.container_dir(&id);
+    let driver = if lowers.is_empty() {
+        StorageDriver::Auto
+    } else {
+        StorageDriver::Overlay
+    };
+    let container_error = |source| BuildError::Container {
+        step: step.to_string(),
+        source,
+    };
+    let rootfs = Rootfs::prepare(&state_dir, &lowers, driver).map_err(container_error)?;
+    let result = run_exec_in(shared, parent, others, exec, number, step, &rootfs, &id);
+    let _ = rootfs.cleanup();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_exec_in(
+    shared: &Shared<'_>,
+    parent: &NodeState,
+    others: &BTreeMap<NodeId, NodeState>,
+    exec: &ExecOp,
+    number: Option<usize>,
+    step: &str,
+    rootfs: &Rootfs,
+    id: &str,
+) -> Result<Option<LayerRef>, BuildError> {
+    let io_error = |what: String| move |source| BuildError::Io { what, source };
+    let mut mounts = Vec::new();
+    let files_dir = rootfs.state_dir().join("files");
+    for (index, file) in exec.files.iter().enumerate() {
+        std::fs::create_dir_all(&files_dir)
+            .map_err(io_error(format!("{step}: create {}", files_dir.display())))?;
+        let host = files_dir.join(index.to_string());
+        std::fs::write(&host, &file.contents)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&host, std::fs::Permissions::from_mode(file.mode))
+            })
+            .map_err(io_error(format!("{step}: write {}", host.display())))?;
+        mounts.push(BindMount {
+            source: host,
+            destination: file.path.clone(),
+            read_only: true,
+        });
+    }
+    let prepared_mounts = mounts::prepare(shared, others, exec, rootfs.state_dir(), step)?;
+    // Files first (they live in /dev), then the step's mounts, parents before children.
+    let mut extra_mounts: Vec<ExtraMount> = mounts.drain(..).map(ExtraMount::Bind).collect();
+    let mut step_mounts = prepared_mounts.mounts.clone();
+    step_mounts.sort_by_key(|mount| {
+        std::path::Path::new(mount.destination())
+            .components()
+            .count()
+    });
+    extra_mounts.extend(step_mounts);
+    let mut env = exec.env.clone();
+    env.extend(exec.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
+    // Secret variables and SSH_AUTH_SOCK: in the process only, never in a key or history.
+    for (key, value) in &prepared_mounts.env {
+        env.retain(|entry| entry.split_once('=').map(|(k, _)| k) != Some(key.as_str()));
+        env.push(format!("{key}={value}"));
+    }
+    let network = match exec.network {
+        Network::None => NetworkMode::None,
+        Network::Host => NetworkMode::Host,
+        Network::Default => shared.options.network,
+    };
+    let spec = ContainerSpec {
+        command: CommandLine::Exec(exec.argv.clone()),
+        env,
+        cwd: exec.workdir.clone(),
+        user: exec.user.clone(),
+        hostname: id[..12].to_string(),
+        network,
+        mounts: Vec::new(),
+        extra_mounts,
+        tty: false,
+        stdin: false,
+        kiln_binary: shared.options.kiln_binary.clone(),
+    };
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    // The sink outlives the container (scoped to this build), but OutputSink needs 'static
+    // writers: hand the output over through a channel drained here.
+    let (sender, receiver) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
+    let writer = |stream: Stream| -> OutputSink {
+        OutputSink::Writer(Box::new(ChannelWriter {
+            stream,
+            sender: sender.clone(),
+        }))
+    };
+    let io = ContainerIo {
+        stdout: writer(Stream::Stdout),
+        stderr: writer(Stream::Stderr),
+    };
+    drop(sender);
+    let container_error = |source| BuildError::Container {
+        step: step.to_string(),
+        source,
+    };
+    let status = std::thread::scope(|scope| {
+        let forward = scope.spawn(|| {
+            let mut out = StepOutput {
+                sink: shared.sink,
+                number,
+                stream: Stream::Stdout,
+                tail: Arc::clone(&tail),
+            };
+            for (stream, bytes) in receiver {
+                out.stream = stream;
+                let _ = out.write(&bytes);
+            }
+        });
+        let status = container::run(rootfs, &spec, io);
+        let _ = forward.join();
+        status
+    })
+    .map_err(container_error)?;
+    if !status.success() {
+        return Err(BuildError::StepFailed {
+            step: step.to_string(),
+            argv: exec.argv.clone(),
+            code: status.code,
+            tail: tail_text(&tail),
+        });
+    }
+    rootfs.remove_mount_stubs().map_err(container_error)?;
+    commit(shared.store, parent, &rootfs.changes_dir(), step)
+}
+
+/// Sends container output to the thread that forwards it to the progress sink.
+struct ChannelWriter {
+    stream: Stream,
+    sender: std::sync::mpsc::Sender<(Stream, Vec<u8>)>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = self.sender.send((self.stream, buf.to_vec()));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// COPY/ADD sources made ready before the cache lookup: context selections turned into
+/// items, heredocs and downloads written to temporary files, and their digests.
+struct PreparedCopy {
+    /// One per op source; `None` for Node sources (selected once the source is mounted).
+    roots: Vec<Option<Vec<Root>>>,
+    digests: Vec<Option<Digest>>,
+    temp: Option<tempfile::TempDir>,
+}
+
+impl PreparedCopy {
+    fn cleanup(self) {
+        drop(self.temp);
+    }
+}
+
+fn prepare_copy(
+    shared: &Shared<'_>,
+    copy_op: &CopyOp,
+    step: &str,
+) -> Result<PreparedCopy, BuildError> {
+    let io_error = |what: String| move |source| BuildError::Io { what, source };
+    let exclude = exclude_matcher(copy_op, step)?;
+    let reshaping = copy_op.parents || !exclude.is_empty();
+    let mut temp: Option<tempfile::TempDir> = None;
+    let mut temp_dir = |shared: &Shared<'_>| -> Result<PathBuf, BuildError> {
+        if temp.is_none() {
+            temp = Some(
+                tempfile::Builder::new()
+                    .prefix(&crate::store::owned_name("copy-"))
+                    .tempdir_in(shared.store.tmp_dir())
+                    .map_err(io_error(format!("{step}: create a temporary directory")))?,
+            );
+        }
+        Ok(temp.as_ref().expect("just made").path().to_path_buf())
+    };
+    let mut roots = Vec::new();
+    let mut digests = Vec::new();
+    for (index, source) in copy_op.sources.iter().enumerate() {
+        match source {
+            CopySource::Context {
+                path,
+                extract_archive,
+            } => {
+                let context = shared.inputs.context.ok_or_else(|| BuildError::NoContext {
+                    step: step.to_string(),
+                    what: format!("source {path:?}"),
+                })?;
+                let selection = context.select(path).map_err(|source| BuildError::Context {
+                    step: step.to_string(),
+                    source,
+                })?;
+                let mut selected = Vec::new();
+                for root in &selection.roots {
+                    let host_of = |entry: &crate::context::Entry| context.root().join(&entry.path);
+                    let item_of = |entry: &crate::context::Entry, rel: PathBuf| Item {
+                        rel,
+                        kind: match entry.kind {
+                            crate::context::EntryKind::File => ItemKind::File {
+                                host: host_of(entry),
+                            },
+                            crate::context::EntryKind::Dir => ItemKind::Dir,
+                            crate::context::EntryKind::Symlink => ItemKind::Symlink {
+                                target: entry.link_target.clone().unwrap_or_default(),
+                            },
+                        },
+                        mode: entry.mode,
+                        uid: 0,
+                        gid: 0,
+                        mtime_ns: Some(entry.mtime_ns),
+                    };
+                    if root.is_dir() {
+                        selected.push(Root {
+                            is_dir: true,
+                            name: root.name().map(|n| n.to_os_string()).unwrap_or_default(),
+                            matched: root.matched.clone(),
+                            items: root
+                                .subtree
+                                .iter()
+                                .map(|entry| {
+                                    item_of(entry, root.relative_path(entry).to_path_buf())
+                                })
+                                .collect(),
+                            extract: false,
+                        });
+                    } else {
+                        let entry = root.entry.expect("a file root has an entry");
+                        selected.push(Root {
+                            is_dir: false,
+                            name: root.name().map(|n| n.to_os_string()).unwrap_or_default(),
+                            matched: root.matched.clone(),
+                            items: vec![item_of(entry, PathBuf::new())],
+                            extract: *extract_archive,
+                        });
+                    }
+                }
+                if reshaping {
+                    selected = copy::reshape(
+                        selected,
+                        copy_op.parents,
+                        &copy::SourceParts::of(path),
+                        &exclude,
+                        context.root(),
+                    );
+                    // Only what is copied counts: an excluded file may change freely.
+                    let content: BTreeMap<PathBuf, Digest> = selection
+                        .entries()
+                        .into_iter()
+                        .filter_map(|entry| {
+                            Some((context.root().join(&entry.path), entry.digest.clone()?))
+                        })
+                        .collect();
+                    digests.push(Some(shaped_digest(&selected, &content)));
+                } else {
+                    digests.push(Some(selection.digest()));
+                }
+                roots.push(Some(selected));
+            }
+            CopySource::Node { .. } => {
+                roots.push(None);
+                digests.push(None);
+            }
+            CopySource::Heredoc { name, contents } => {
+                let dir = temp_dir(shared)?;
+                let host = dir.join(format!("heredoc-{index}"));
+                std::fs::write(&host, contents)
+                    .map_err(io_error(format!("{step}: write heredoc {name}")))?;
+                roots.push(Some(vec![Root {
+                    is_dir: false,
+                    name: name.into(),
+                    matched: PathBuf::from(name),
+                    items: vec![Item {
+                        rel: PathBuf::new(),
+                        kind: ItemKind::File { host },
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        mtime_ns: None,
+                    }],
+                    extract: false,
+                }]));
+                digests.push(None);
+            }
+            CopySource::Url {
+                url,
+                extract_archive,
+            } => {
+                let dir = temp_dir(shared)?;
+                let host = dir.join(format!("download-{index}"));
+                let digest = download(url, &host, step)?;
+                if let Some(expected) = &copy_op.checksum {
+                    if expected != &digest.to_string() {
+                        return Err(BuildError::Checksum {
+                            step: step.to_string(),
+                            url: url.clone(),
+                            expected: expected.clone(),
+                            actual: digest,
+                        });
+                    }
+                }
+                let name = url_file_name(url);
+                roots.push(Some(vec![Root {
+                    is_dir: false,
+                    matched: PathBuf::from(&name),
+                    name: name.into(),
+                    items: vec![Item {
+                        rel: PathBuf::new(),
+                        kind: ItemKind::File { host },
+                        mode: 0o600,
+                        uid: 0,
+                        gid: 0,
+                        mtime_ns: None,
+                    }],
+                    extract: *extract_archive,
+                }]));
+                digests.push(Some(digest));
+            }
+        }
+    }
+    Ok(PreparedCopy {
+        roots,
+        digests,
+        temp,
+    })
+}
+
+/// `--exclude` patterns as a `.dockerignore` matcher.
+fn exclude_matcher(copy_op: &CopyOp, step: &str) -> Result<crate::context::Matcher, BuildError> {
+    crate::context::Matcher::new(&copy_op.exclude).map_err(|err| BuildError::Copy {
+        step: step.to_string(),
+        message: format!("--exclude {:?}: {err}", copy_op.exclude),
+    })
+}
+
+/// The digest of what reshaped roots copy (`--parents`/`--exclude`): per item its path,
+/// type, mode, owner, symlink target and content digest (from `content`, by host path).
+fn shaped_digest(roots: &[Root], content: &BTreeMap<PathBuf, Digest>) -> Digest {
+    let mut text = String::from("kiln-copy-shaped-v1\n");
+    for root in roots {
+        text.push_str(&format!(
+            "root {} {:?} {:?}\n",
+            root.is_dir, root.name, root.matched
+        ));
+        for item in &root.items {
+            let what = match &item.kind {
+                ItemKind::File { host } => format!(
+                    "file {}",
+                    content.get(host).map(|d| d.to_string()).unwrap_or_default()
+                ),
+                ItemKind::Dir => "dir".to_string(),
+                ItemKind::Symlink { target } => format!("symlink {target:?}"),
+            };
+            text.push_str(&format!(
+                "{:?} {:o} {}:{} {what}\n",
+                item.rel, item.mode, item.uid, item.gid
+            ));
+        }
+    }
+    Digest::of_bytes(text.as_bytes())
+}
+
+/// The file name an ADD of `url` gets: the last path segment (Docker's rule), or `download`.
+fn url_file_name(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    let after_scheme = without_query
+        .split_once("://")
+        .map_or(without_query, |(_, rest)| rest);
+    match after_scheme.split_once('/') {
+        Some((_, path)) => path
+            .rsplit('/')
+            .next()
+            .filter(|name| !name.is_empty())
+            .unwrap_or("download")
+            .to_string(),
+        None => "download".to_string(),
+    }
+}
+
+/// Downloads `url` to `path` and returns the content's sha256.
+fn download(url: &str, path: &Path, step: &str) -> Result<Digest, BuildError> {
+    let fail = |message: String| BuildError::Download {
+        step: step.to_string(),
+        url: url.to_string(),
+        message,
+    };
+    let response = ureq::get(url).call().map_err(|err| fail(err.to_string()))?;
+    let file = std::fs::File::create(path).map_err(|err| fail(err.to_string()))?;
+    let mut writer = crate::digest::DigestWriter::new(io::BufWriter::new(file));
+    io::copy(&mut response.into_reader(), &mut writer).map_err(|err| fail(err.to_string()))?;
+    let (digest, _, mut inner) = writer.finish();
+    inner.flush().map_err(|err| fail(err.to_string()))?;
+    Ok(digest)
+}
+
+/// Resolves `--chown` against the root file system's /etc/passwd and /etc/group.
+fn resolve_owner(root: &Path, chown: &str) -> io::Result<(u32, u32)> {
+    let read = |file: &str| -> String {
+        copy::resolve_in_root(root, file, true)
+            .ok()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    };
+    let passwd = read("/etc/passwd");
+    let group = read("/etc/group");
+    // `--chown=user` alone means user:user's primary group... Docker uses the same name as
+    // group when it exists, else the user's primary group; runc's rule (primary group) is
+    // what BuildKit does.
+    let user = container::user::resolve(chown, &passwd, &group)
+        .map_err(|err| io::Error::other(format!("--chown={chown}: {err}")))?;
+    Ok((user.uid, user.gid))
+}
+
+fn run_copy(
+    shared: &Shared<'_>,
+    parent: &NodeState,
+    others: &BTreeMap<NodeId, NodeState>,
+    copy_op: &CopyOp,
+    prepared: &PreparedCopy,
+    step: &str,
+) -> Result<Option<LayerRef>, BuildError> {
+    let store = shared.store;
+    let lowers = lowerdirs(store, parent, step)?;
+    let mut sources_lowers: Vec<Option<Vec<PathBuf>>> = Vec::new();
+    for source in &copy_op.sources {
+        match source {
+            CopySource::Node { node, .. } => {
+                let state = others.get(node).ok_or_else(|| BuildError::Copy {
+                    step: step.to_string(),
+                    message: format!("source node {node} was not built"),
+                })?;
+                sources_lowers.push(Some(lowerdirs(store, state, step)?));
+            }
+            _ => sources_lowers.push(None),
+        }
+    }
+    let chmod = match &copy_op.chmod {
+        Some(text) => Some(copy::parse_chmod(text).ok_or_else(|| BuildError::Copy {
+            step: step.to_string(),
+            message: format!(
+                "invalid --chmod={text}: expected an octal mode or a symbolic one (u+x, a=rX)"
+            ),
+        })?),
+        None => None,
+    };
+    let exclude = exclude_matcher(copy_op, step)?;
+    let parents = copy_op.parents;
+    let reshaping = parents || !exclude.is_empty();
+    let dest = copy_op.dest.clone();
+    let chown = copy_op.chown.clone();
+    let sources = copy_op.sources.clone();
+    in_overlay(store, &lowers, step, move |target, scratch| {
+        let owner = match &chown {
+            Some(chown) => Some(resolve_owner(target, chown)?),
+            None => None,
+        };
+        let mut roots: Vec<Root> = Vec::new();
+        for (index, source) in sources.iter().enumerate() {
+            match (source, &prepared.roots[index]) {
+                (_, Some(selected)) => roots.extend(selected.iter().cloned()),
+                (CopySource::Node { path, .. }, None) => {
+                    let source_lowers = sources_lowers[index].as_ref().expect("set for nodes");
+                    let source_root = match source_lowers.len() {
+                        0 => {
+                            let empty = scratch.join(format!("src{index}"));
+                            std::fs::create_dir_all(&empty)?;
+                            empty
+                        }
+                        1 => source_lowers[0].clone(),
+                        _ => {
+                            let base = scratch.join(format!("src{index}"));
+                            let (upper, work, merged) =
+                                (base.join("upper"), base.join("work"), base.join("merged"));
+                            for dir in [&upper, &work, &merged] {
+                                std::fs::create_dir_all(dir)?;
+                            }
+                            copy::mount_overlay(source_lowers, &upper, &work, &merged)?;
+                            merged
+                        }
+                    };
+                    let selected = copy::select_in_root(&source_root, path)?;
+                    roots.extend(if reshaping {
+                        copy::reshape(
+                            selected,
+                            parents,
+                            &copy::SourceParts::of(path),
+                            &exclude,
+                            &source_root,
+                        )
+                    } else {
+                        selected
+                    });
+                }
+                (_, None) => return Err(io::Error::other("source was not prepared")),
+            }
+        }
+        copy::copy_roots(
+            target,
+            &roots,
+            &copy::CopySpec {
+                dest: dest.clone(),
+                owner,
+                chmod,
+            },
+        )
+    })
+    .and_then(|upper_state| {
+        let (upper, state_dir) = upper_state;
+        let result = commit(store, parent, &upper, step);
+        let _ = remove_all(&state_dir);
+        result
+    })
+}
+
+/// WORKDIR: creates the directory (owned by the step's user) and commits it.
+fn run_workdir(
+    shared: &Shared<'_>,
+    parent: &NodeState,
+    path: &str,
+    user: &str,
+    step: &str,
+) -> Result<Option<LayerRef>, BuildError> {
+    let store = shared.store;
+    let lowers = lowerdirs(store, parent, step)?;
+    let path = path.to_string();
+    let user = user.to_string();
+    let (upper, state_dir) = in_overlay(store, &lowers, step, move |target, _| {
+        let owner = if user.is_empty() {
+            (0, 0)
+        } else {
+            resolve_owner(target, &user)?
+        };
+        let existing = copy::resolve_in_root(target, &path, true)?;
+        if existing.is_dir() {
+            return Ok(());
+        }
+        copy::mkdir_all_in_root(target, &path, owner).map(|_| ())
+    })?;
+    let result = commit(store, parent, &upper, step);
+    let _ = remove_all(&state_dir);
+    result
+}
+
+fn remove_all(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// Mounts an overlay of `lowers` with a fresh upper dir in a private mount namespace and runs
+/// `work(merged root, scratch dir)`. Returns the upper dir (the changes) and the state dir to
+/// remove after commit.
+fn in_overlay(
+    store: &Store,
+    lowers: &[PathBuf],
+    step: &str,
+    work: impl FnOnce(&Path, &Path) -> io::Result<()> + Send,
+) -> Result<(PathBuf, PathBuf), BuildError> {
+    let state_dir = store.container_dir(&random_id());
+    let (upper, work_dir, merged, scratch) = (
+        state_dir.join("upper"),
+        state_dir.join("work"),
+        state_dir.join("merged"),
+        state_dir.join("scratch"),
+    );
+    let result = (|| -> io::Result<()> {
+        for dir in [&upper, &work_dir, &merged, &scratch] {
+            std::fs::create_dir_all(dir)?;
+        }
+        let lowers = lowers.to_vec();
+        let (upper, work_dir, merged, scratch) = (&upper, &work_dir, &merged, &scratch);
+        copy::with_private_mounts(move || {
+            let target = if lowers.is_empty() {
+                upper.clone()
+            } else {
+                copy::mount_overlay(&lowers, upper, work_dir, merged)?;
+                merged.clone()
+            };
+            work(&target, scratch)
+        })
+    })();
+    match result {
+        Ok(()) => Ok((upper, state_dir)),
+        Err(source) => {
+            let _ = remove_all(&state_dir);
+            Err(BuildError::Copy {
+                step: step.to_string(),
+                message: source.to_string(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_file_names_follow_docker() {
+        assert_eq!(
+            url_file_name("http://127.0.0.1:8080/a/b.tar.gz"),
+            "b.tar.gz"
+        );
+        assert_eq!(url_file_name("https://example.com/x?y=1"), "x");
+        assert_eq!(url_file_name("https://example.com/"), "download");
+        assert_eq!(url_file_name("https://example.com"), "download");
+    }
+}
