@@ -239,6 +239,15 @@ pub fn run(args: BuildArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
         network,
         kiln_binary: None,
         inline_cache: cache_to.contains(&CacheExport::Inline),
+        all_stages: cache_to.iter().any(|export| {
+            matches!(
+                export,
+                CacheExport::Registry {
+                    mode: remote_cache::CacheMode::Max,
+                    ..
+                }
+            )
+        }),
     };
     let result = match build::execute(&graph, &store, &inputs, &exec_options, &sink) {
         Ok(result) => result,

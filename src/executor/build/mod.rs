@@ -18,8 +18,18 @@
 //! record (`record`) maps the key to the step's layer; a hit needs the blob still present (a
 //! missing snapshot is unpacked from it when a later step runs on it), and then nothing runs.
 //! A key that misses locally is looked up in the caches imported with `--cache-from`
-//! (`remote_cache`): a hit there downloads just that layer and writes the local record. The final image's history keeps each step's original
-//! time, so a fully cached rebuild produces the same image ID.
+//! (`remote_cache`): a hit there downloads just that layer and writes the local record. The
+//! final image's history keeps each step's original time, so a fully cached rebuild produces the
+//! same image ID.
+//!
+//! Stages are evaluated lazily, as BuildKit does: when the graph has `COPY --from` or
+//! `RUN --mount from=` edges, every node's key is computed first (keys depend on the keys of
+//! the stages referenced, never on their output, so no step has to run for it), then the
+//! needed nodes are found from the target backwards (`plan_lazy`). A node needs its parent;
+//! it needs the nodes it references only when its own key misses. A stage whose every consumer
+//! hits the cache is not run at all, not even unpacked: this is what lets a `--cache-from`
+//! of `mode=min` (only the final image's steps) rebuild a multi-stage image on an empty store
+//! without running its builder stages.
 //!
 //! Knows graphs, containers, snapshots and the store; never Dockerfile syntax. Progress goes to
 //! a `ProgressSink`; nothing here prints.
@@ -154,6 +164,9 @@ pub struct ExecOptions {
     /// `--cache-to type=inline`: write the cache records of the final image's steps into its
     /// config (`remote_cache::INLINE_CACHE_FIELD`), so `--cache-from IMAGE` can use it.
     pub inline_cache: bool,
+    /// Evaluate every stage the target needs, even one whose every consumer hits the cache
+    /// (`--cache-to mode=max` exports every step's record, so it needs them all).
+    pub all_stages: bool,
 }
 
 /// The built image and what ran.
@@ -192,6 +205,34 @@ struct NodeState {
     /// Layers added by this chain's steps, bottom first (the base image's are in `base`).
     layers: Vec<LayerRef>,
     history: Vec<History>,
+    /// A stand-in for a node `plan_lazy` found nobody needs: only `key` is real. A step that
+    /// references it must be a cache hit.
+    skipped: bool,
+}
+
+impl NodeState {
+    fn skipped(key: CacheKey) -> NodeState {
+        NodeState {
+            key,
+            base: None,
+            layers: Vec::new(),
+            history: Vec::new(),
+            skipped: true,
+        }
+    }
+}
+
+/// What `plan_lazy` worked out before anything runs.
+#[derive(Default)]
+struct LazyPlan {
+    /// The key of every node not needed, for its consumers' keys.
+    skipped: BTreeMap<NodeId, CacheKey>,
+    /// The skipped nodes that have a cache record (local, or in an imported cache), in
+    /// topological order: shown as CACHED, as they are, though nothing of them is fetched.
+    skipped_hits: Vec<NodeId>,
+    /// Copy preparations (context hashed, URLs fetched) made while computing keys, taken by
+    /// the node when it runs so nothing is hashed or downloaded twice.
+    prepared: Mutex<BTreeMap<NodeId, PreparedCopy>>,
 }
 
 struct Shared<'a> {
@@ -203,6 +244,7 @@ struct Shared<'a> {
     counter: AtomicUsize,
     n_cached: AtomicUsize,
     n_steps: AtomicUsize,
+    lazy: LazyPlan,
 }
 
 /// Builds the graph's target and stores its image (unnamed; the caller names it).
@@ -221,7 +263,7 @@ pub fn execute(
         what: format!("create {}", store.containers_dir().display()),
         source,
     })?;
-    let shared = Shared {
+    let mut shared = Shared {
         graph,
         store,
         inputs,
@@ -230,17 +272,38 @@ pub fn execute(
         counter: AtomicUsize::new(0),
         n_cached: AtomicUsize::new(0),
         n_steps: AtomicUsize::new(0),
+        lazy: LazyPlan::default(),
     };
+    shared.lazy = plan_lazy(&shared)?;
+    for id in &shared.lazy.skipped_hits {
+        let node = graph.node(*id);
+        if shown(node) {
+            let number = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+            sink.event(Event::Started(StepInfo {
+                number,
+                label: step_label(graph, node),
+                description: node.description.clone(),
+            }));
+            sink.event(Event::Cached { number });
+            shared.n_cached.fetch_add(1, Ordering::SeqCst);
+            shared.n_steps.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     let jobs = if options.jobs == 0 {
         graph.stages.len().max(1)
     } else {
         options.jobs
     };
-    let mut states: BTreeMap<NodeId, NodeState> = BTreeMap::new();
+    let mut states: BTreeMap<NodeId, NodeState> = shared
+        .lazy
+        .skipped
+        .iter()
+        .map(|(id, key)| (*id, NodeState::skipped(key.clone())))
+        .collect();
     let mut failure: Option<BuildError> = None;
     std::thread::scope(|scope| {
         let (sender, receiver) = std::sync::mpsc::channel();
-        let mut done: BTreeSet<NodeId> = BTreeSet::new();
+        let mut done: BTreeSet<NodeId> = shared.lazy.skipped.keys().copied().collect();
         let mut running: BTreeSet<NodeId> = BTreeSet::new();
         loop {
             if failure.is_none() {
@@ -461,6 +524,7 @@ fn run_node_inner(
                     base,
                     layers: Vec::new(),
                     history: Vec::new(),
+                    skipped: false,
                 },
                 false,
             ));
@@ -480,7 +544,16 @@ fn run_node_inner(
     let mut prepared: Option<PreparedCopy> = None;
     let mut source_digests = Vec::new();
     if let Op::Copy(copy_op) = &node.op {
-        let prepared_copy = prepare_copy(shared, copy_op, step)?;
+        let planned = shared
+            .lazy
+            .prepared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&node.id);
+        let prepared_copy = match planned {
+            Some(prepared_copy) => prepared_copy,
+            None => prepare_copy(shared, copy_op, step)?,
+        };
         source_digests = prepared_copy.digests.clone();
         prepared = Some(prepared_copy);
     }
@@ -528,6 +601,16 @@ fn run_node_inner(
     if number.is_some() {
         shared.n_steps.fetch_add(1, Ordering::SeqCst);
     }
+    if others.values().any(|state| state.skipped) {
+        // plan_lazy skipped a stage because this step hit; the record went away since.
+        return Err(BuildError::Store {
+            what: format!(
+                "{step}: its cache record disappeared during the build, and the stage it \
+                 reads was skipped because of it; run the build again"
+            ),
+            source: StoreError::Invalid(format!("cache record {key} missing")),
+        });
+    }
 
     let layer = match &node.op {
         Op::Exec(exec) => run_exec(shared, &parent, others, exec, number, step)?,
@@ -567,6 +650,96 @@ fn run_node_inner(
         });
     }
     Ok((state, false))
+}
+
+/// Finds the nodes nobody needs (see the module doc). Computes every node's key in
+/// topological order without running anything, then walks back from the target: a node needs
+/// its parent, and the nodes it references only when its key misses (locally, or in the
+/// imported caches: such a hit is fetched now and recorded, so the step hits when it runs).
+/// With `--no-cache`, `all_stages` (`--cache-to mode=max`), or when no node references another
+/// stage, everything is needed.
+fn plan_lazy(shared: &Shared<'_>) -> Result<LazyPlan, BuildError> {
+    let graph = shared.graph;
+    let references = |node: &Node| -> Vec<NodeId> {
+        node.inputs
+            .iter()
+            .copied()
+            .filter(|input| Some(*input) != node.parent)
+            .collect()
+    };
+    let mut plan = LazyPlan::default();
+    if shared.options.no_cache
+        || shared.options.all_stages
+        || graph.no_cache
+        || graph.nodes.iter().all(|node| references(node).is_empty())
+    {
+        return Ok(plan);
+    }
+    let mut keys: BTreeMap<NodeId, CacheKey> = BTreeMap::new();
+    let mut prepared = BTreeMap::new();
+    for id in graph.topological_order() {
+        let node = graph.node(id);
+        let step = step_name(node);
+        let source_digests = match &node.op {
+            Op::Copy(copy_op) => {
+                let prepared_copy = prepare_copy(shared, copy_op, &step)?;
+                let digests = prepared_copy.digests.clone();
+                prepared.insert(id, prepared_copy);
+                digests
+            }
+            Op::Exec(exec) => mounts::context_digests(shared.inputs.context, exec, &step)?,
+            _ => Vec::new(),
+        };
+        let key = graph
+            .cache_key(id, &keys, &source_digests)
+            .map_err(|source| BuildError::CacheKey {
+                step: step.clone(),
+                source,
+            })?;
+        keys.insert(id, key);
+    }
+    let hits = |id: NodeId| -> bool {
+        let key = &keys[&id];
+        if record::load(shared.store, key).is_some_and(|r| record_usable(shared.store, &r)) {
+            return true;
+        }
+        match shared.inputs.remote_cache {
+            Some(remote) => remote_hit(shared, remote, key, &step_name(graph.node(id))).is_some(),
+            None => false,
+        }
+    };
+    let mut needed = BTreeSet::new();
+    let mut stack = vec![graph.target];
+    while let Some(id) = stack.pop() {
+        if !needed.insert(id) {
+            continue;
+        }
+        let node = graph.node(id);
+        stack.extend(node.parent);
+        let referenced = references(node);
+        if !referenced.is_empty() && !hits(id) {
+            stack.extend(referenced);
+        }
+    }
+    for id in graph.topological_order() {
+        if needed.contains(&id) {
+            continue;
+        }
+        let key = keys.remove(&id).expect("every node has a key");
+        let has_record = record::load(shared.store, &key)
+            .is_some_and(|r| record_usable(shared.store, &r))
+            || shared
+                .inputs
+                .remote_cache
+                .is_some_and(|remote| remote.lookup(&key).is_some());
+        if has_record {
+            plan.skipped_hits.push(id);
+        }
+        plan.skipped.insert(id, key);
+        prepared.remove(&id);
+    }
+    plan.prepared = Mutex::new(prepared);
+    Ok(plan)
 }
 
 /// Looks `key` up in the imported caches; on a hit, fetches the layer blob, writes the local

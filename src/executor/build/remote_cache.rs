@@ -22,9 +22,11 @@
 //! `mode=min` (the default, as in BuildKit) exports the records of the steps whose layers are
 //! in the final image: the target's chain of parents back to its `FROM`, which can cross
 //! stages (`FROM builder`). `mode=max` exports every step of the build, every stage included.
-//! With `min`, an importing build still runs the other stages' steps (kiln runs every stage the
-//! target needs, it does not skip a stage whose only consumer hit the cache), but a `COPY
-//! --from` still hits, because its key depends on the source stage's key, not on its output.
+//! With `min`, an importing build still hits on the final stage's `COPY --from`, because its
+//! key depends on the source stage's key, not on its output, and so it skips the source stage
+//! entirely, as BuildKit does (the executor's lazy plan: a stage runs only when a step reading
+//! it misses). A build that itself exports `mode=max` evaluates every stage, since it exports
+//! every step's record.
 //!
 //! `--cache-to type=inline` (BuildKit's inline cache) writes the records of the final image's
 //! steps (`mode=min` only) into the image config's top-level field [`INLINE_CACHE_FIELD`] (the
