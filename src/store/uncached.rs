@@ -360,6 +360,10 @@ mod tests {
     use super::*;
     use std::io::{Read, Seek};
 
+    /// A directory on a disk filesystem: /tmp may be a tmpfs, which takes O_DIRECT only since
+    /// Linux 6.6.
+    const DISK_DIR: &str = "/var/tmp";
+
     fn pattern(len: usize) -> Vec<u8> {
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         (0..len)
@@ -375,7 +379,7 @@ mod tests {
     /// Writes `data` in pieces of `piece` bytes into a real temp file; returns what the
     /// thread reported and the file's bytes.
     fn check(data: &[u8], piece: usize) -> (Written<File>, Vec<u8>) {
-        let file = tempfile::tempfile_in(std::env::temp_dir()).unwrap();
+        let file = tempfile::tempfile_in(DISK_DIR).unwrap();
         let mut writer = UncachedWriter::new(file).unwrap();
         for chunk in data.chunks(piece.max(1)) {
             writer.write_all(chunk).unwrap();
@@ -415,20 +419,19 @@ mod tests {
         }
     }
 
-    /// On a filesystem that takes O_DIRECT (the temp dir's, ext4 or tmpfs here), every whole
-    /// buffer bypasses the page cache; only the sub-block tail does not. `fincore` (util-linux)
-    /// reports how much of the file is in the page cache: with cached writes, all of it.
+    /// On a filesystem that takes O_DIRECT, every whole buffer bypasses the page cache; only
+    /// the sub-block tail does not. `fincore` reports how much of the file is in the page
+    /// cache: with cached writes, all of it.
     #[test]
     fn full_buffers_bypass_the_page_cache() {
-        let probe = tempfile::tempfile_in(std::env::temp_dir()).unwrap();
+        let probe = tempfile::tempfile_in(DISK_DIR).unwrap();
         assert!(
             probe.set_direct(true).is_ok(),
-            "the temp dir's filesystem ({}) refuses O_DIRECT: run this test on one that takes it",
-            std::env::temp_dir().display()
+            "the filesystem of {DISK_DIR} refuses O_DIRECT: run this test where it takes it"
         );
         let len = 2 * BUFFER + 3 * ALIGN + 100;
         let data = pattern(len);
-        let temp = tempfile::NamedTempFile::new().unwrap();
+        let temp = tempfile::NamedTempFile::new_in(DISK_DIR).unwrap();
         let mut writer = UncachedWriter::new(temp).unwrap();
         for chunk in data.chunks(65_536) {
             writer.write_all(chunk).unwrap();
@@ -439,7 +442,7 @@ mod tests {
             .args(["--bytes", "--noheadings", "--output", "RES"])
             .arg(written.file.path())
             .output()
-            .expect("fincore (util-linux) must be installed for this test");
+            .expect("fincore (Debian: util-linux-extra) must be installed for this test");
         assert!(output.status.success(), "{output:?}");
         let resident: u64 = String::from_utf8_lossy(&output.stdout)
             .trim()
