@@ -30,8 +30,10 @@ use std::thread::JoinHandle;
 /// logical block size of any common device.
 const ALIGN: usize = 4096;
 
-/// Bytes per write. Large enough that a synchronous direct write keeps the disk busy, small
-/// enough that the at most four buffers alive stay a few MiB.
+/// Bytes per write. Large enough that a synchronous direct write keeps the disk busy (1 MiB
+/// writes took 2.5x as long as 4 MiB ones); at most six buffers are alive at once (one being
+/// filled, one queued, one being hashed, one per I/O lane, one on its way back), so a layer of
+/// any size costs up to 24 MiB here: +23 MiB peak RSS on a big-layer build (50 -> 74 MiB).
 const BUFFER: usize = 4 << 20;
 
 /// Full buffers waiting for the writer thread (besides the ones it writes and the one being
