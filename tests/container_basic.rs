@@ -181,6 +181,22 @@ fn isolation_pid_hostname_proc_and_root() {
     );
 }
 
+/// The overlay root is mounted `volatile` (Linux 5.10+), so tearing the container down does
+/// not `syncfs` the whole disk under its upper dir (a build waited there for the RUN's whole
+/// output before committing it).
+#[test]
+fn the_overlay_root_is_volatile() {
+    let lab = lab();
+    let (outcome, rootfs) = lab.run_with(
+        &lab.spec("grep ' / / ' /proc/self/mountinfo"),
+        StorageDriver::Overlay,
+    );
+    rootfs.cleanup().unwrap();
+    let root = ok(&outcome);
+    assert!(root.contains(" - overlay "), "{root}");
+    assert!(root.contains("volatile"), "{root}");
+}
+
 #[test]
 fn writes_cannot_leave_the_root() {
     let lab = lab();

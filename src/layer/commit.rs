@@ -1,6 +1,6 @@
 //! Commits an overlay upper directory into an OCI layer in one streaming pass:
 //! walk -> tar -> sha256 (diff ID) -> compressor -> sha256 (digest) -> the caller's writer.
-//! Nothing is held in memory beyond a 1 MiB copy buffer and the compressor's window; the
+//! Nothing is held in memory beyond a dozen 1 MiB chunks and the compressor's window; the
 //! upper directory itself stays as it is and serves as the next snapshot.
 //!
 //! What the tar holds (image-spec `layer.md`, docker's overlay2 differ, buildkit):
@@ -24,7 +24,7 @@
 //!
 //! Knows overlayfs upper-directory conventions and tar; nothing of the store or containers.
 
-use super::tar_format::{Member, TarWriter, Xattrs};
+use super::tar_format::{ContentSink, Member, TarWriter, Xattrs};
 use super::whiteout;
 use super::xattr;
 use super::LayerError;
@@ -263,13 +263,13 @@ fn write_tar_stream<W: Write>(
     mut sink: W,
     exclude: &HashSet<PathBuf>,
 ) -> Result<(W, Digest, u64), LayerError> {
-    let (to_hasher, hasher_inbox) = mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
-    let (to_writer, writer_inbox) = mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
-    let (to_recycle, recycled) = mpsc::channel::<Vec<u8>>();
+    let (to_hasher, hasher_inbox) = mpsc::sync_channel::<Chunk>(IN_FLIGHT);
+    let (to_writer, writer_inbox) = mpsc::sync_channel::<Chunk>(IN_FLIGHT);
+    let (to_recycle, recycled) = mpsc::channel::<Chunk>();
     std::thread::scope(|scope| {
         let walker = scope.spawn(move || -> Result<(), LayerError> {
             let chunks = ChunkWriter {
-                current: Vec::with_capacity(COPY_BUFFER),
+                current: Chunk::new(),
                 outbox: to_hasher,
                 recycled,
             };
@@ -278,7 +278,6 @@ fn write_tar_stream<W: Write>(
                 exclude,
                 first_paths: HashMap::new(),
                 tar: TarWriter::new(chunks),
-                buffer: vec![0u8; COPY_BUFFER],
             };
             walker.walk_dir(Path::new(""))?;
             let mut chunks = walker.tar.finish().map_err(LayerError::WriteLayer)?;
@@ -288,7 +287,7 @@ fn write_tar_stream<W: Write>(
             let mut hashed = DigestWriter::new(io::sink());
             for chunk in hasher_inbox {
                 hashed
-                    .write_all(&chunk)
+                    .write_all(chunk.filled())
                     .expect("writing to io::sink cannot fail");
                 if to_writer.send(chunk).is_err() {
                     break;
@@ -299,11 +298,11 @@ fn write_tar_stream<W: Write>(
         });
         let mut write_error = None;
         for mut chunk in writer_inbox {
-            if let Err(error) = sink.write_all(&chunk) {
+            if let Err(error) = sink.write_all(chunk.filled()) {
                 write_error = Some(error);
                 break; // drops the inbox: the other stages stop at their next send
             }
-            chunk.clear();
+            chunk.len = 0;
             let _ = to_recycle.send(chunk);
         }
         let walked = walker
@@ -323,38 +322,62 @@ fn write_tar_stream<W: Write>(
 /// Chunks handed between the commit stages, and how many may wait in each channel.
 const IN_FLIGHT: usize = 4;
 
+/// `COPY_BUFFER` bytes of which the first `len` are the stream's. The memory stays allocated
+/// and initialised while the chunk goes round, so file content can be read straight into it.
+struct Chunk {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        Chunk {
+            bytes: vec![0u8; COPY_BUFFER],
+            len: 0,
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// A writer that cuts its input into `COPY_BUFFER`-sized chunks and sends them on, reusing
-/// chunks the last stage has finished with.
+/// chunks the last stage has finished with. File content is read straight into the chunks
+/// ([`ContentSink`]): one copy of every byte less than reading into a buffer and writing it.
 struct ChunkWriter {
-    current: Vec<u8>,
-    outbox: mpsc::SyncSender<Vec<u8>>,
-    recycled: mpsc::Receiver<Vec<u8>>,
+    current: Chunk,
+    outbox: mpsc::SyncSender<Chunk>,
+    recycled: mpsc::Receiver<Chunk>,
 }
 
 impl ChunkWriter {
     fn send_current(&mut self) -> io::Result<()> {
-        if self.current.is_empty() {
+        if self.current.len == 0 {
             return Ok(());
         }
-        let fresh = self
-            .recycled
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(COPY_BUFFER));
+        let fresh = self.recycled.try_recv().unwrap_or_else(|_| Chunk::new());
         let full = std::mem::replace(&mut self.current, fresh);
         self.outbox
             .send(full)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the layer writer stopped"))
     }
+
+    fn sent_if_full(&mut self) -> io::Result<()> {
+        if self.current.len == COPY_BUFFER {
+            self.send_current()?;
+        }
+        Ok(())
+    }
 }
 
 impl Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = COPY_BUFFER - self.current.len();
-        let n = room.min(buf.len());
-        self.current.extend_from_slice(&buf[..n]);
-        if self.current.len() == COPY_BUFFER {
-            self.send_current()?;
-        }
+        let start = self.current.len;
+        let n = (COPY_BUFFER - start).min(buf.len());
+        self.current.bytes[start..start + n].copy_from_slice(&buf[..n]);
+        self.current.len += n;
+        self.sent_if_full()?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -362,13 +385,23 @@ impl Write for ChunkWriter {
     }
 }
 
-struct Walker<'a, W: Write> {
+impl ContentSink for ChunkWriter {
+    fn fill_from<R: io::Read>(&mut self, reader: &mut R, max: usize) -> io::Result<usize> {
+        let start = self.current.len;
+        let end = start + (COPY_BUFFER - start).min(max);
+        let n = reader.read(&mut self.current.bytes[start..end])?;
+        self.current.len += n;
+        self.sent_if_full()?;
+        Ok(n)
+    }
+}
+
+struct Walker<'a, W: ContentSink> {
     upper: &'a Path,
     exclude: &'a HashSet<PathBuf>,
     /// (dev, ino) -> tar name of the first path of a multiply-linked inode.
     first_paths: HashMap<(u64, u64), Vec<u8>>,
     tar: TarWriter<W>,
-    buffer: Vec<u8>,
 }
 
 struct Child {
@@ -386,7 +419,7 @@ fn tar_name(relative: &Path, is_dir: bool) -> Vec<u8> {
     name
 }
 
-impl<W: Write> Walker<'_, W> {
+impl<W: ContentSink> Walker<'_, W> {
     fn read_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
         move |source| LayerError::ReadUpper {
             path: path.to_path_buf(),
@@ -515,7 +548,7 @@ impl<W: Write> Walker<'_, W> {
             self.tar.write_header(&member).map_err(write_err)?;
             let status = self
                 .tar
-                .write_content(&mut file, member.size, &mut self.buffer)
+                .write_content(&mut file, member.size)
                 .map_err(|source| LayerError::ReadUpper {
                     path: path.clone(),
                     source,

@@ -37,6 +37,24 @@ pub(crate) struct TarWriter<W: Write> {
     out: W,
 }
 
+/// Where file content goes: a sink that reads it straight into its own memory, which saves
+/// a copy of every byte over reading into a buffer and writing that.
+pub(crate) trait ContentSink: Write {
+    /// Reads at most `max` (> 0) bytes of `reader` into the sink, once; returns how many
+    /// (0 at end of file), as `Read::read` does.
+    fn fill_from<R: Read>(&mut self, reader: &mut R, max: usize) -> io::Result<usize>;
+}
+
+impl ContentSink for Vec<u8> {
+    fn fill_from<R: Read>(&mut self, reader: &mut R, max: usize) -> io::Result<usize> {
+        let start = self.len();
+        self.resize(start + max.min(1 << 20), 0);
+        let result = reader.read(&mut self[start..]);
+        self.truncate(start + *result.as_ref().unwrap_or(&0));
+        result
+    }
+}
+
 /// One `"<len> key=value\n"` PAX record; the length counts itself.
 fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     let base = key.len() + value.len() + 3;
@@ -165,18 +183,19 @@ impl<W: Write> TarWriter<W> {
         &mut self,
         reader: &mut impl Read,
         size: u64,
-        buffer: &mut [u8],
-    ) -> io::Result<Result<(), u64>> {
+    ) -> io::Result<Result<(), u64>>
+    where
+        W: ContentSink,
+    {
         let mut copied: u64 = 0;
         while copied < size {
-            let want = buffer.len().min((size - copied) as usize);
-            let n = match reader.read(&mut buffer[..want]) {
+            let want = (size - copied).min(1 << 30) as usize;
+            let n = match self.out.fill_from(reader, want) {
                 Ok(0) => return Ok(Err(copied)),
                 Ok(n) => n,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             };
-            self.out.write_all(&buffer[..n])?;
             copied += n as u64;
         }
         // The file must end where its header said.
@@ -222,9 +241,7 @@ mod tests {
     fn check(member: Member) {
         let mut writer = TarWriter::new(Vec::new());
         writer.write_header(&member).unwrap();
-        let status = writer
-            .write_content(&mut &b"abc"[..], 3, &mut [0u8; 2])
-            .unwrap();
+        let status = writer.write_content(&mut &b"abc"[..], 3).unwrap();
         assert_eq!(status, Ok(()));
         let bytes = writer.finish().unwrap();
         let mut archive = tar::Archive::new(&bytes[..]);
@@ -259,15 +276,8 @@ mod tests {
     #[test]
     fn reports_a_file_that_changed_size() {
         let mut writer = TarWriter::new(Vec::new());
-        let buffer = &mut [0u8; 4];
-        assert_eq!(
-            writer.write_content(&mut &b"ab"[..], 3, buffer).unwrap(),
-            Err(2)
-        );
-        assert_eq!(
-            writer.write_content(&mut &b"abcd"[..], 3, buffer).unwrap(),
-            Err(4)
-        );
+        assert_eq!(writer.write_content(&mut &b"ab"[..], 3).unwrap(), Err(2));
+        assert_eq!(writer.write_content(&mut &b"abcd"[..], 3).unwrap(), Err(4));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Blobs: writing (temp file in `<root>/tmp`, digested while it flows, fsync, verify, rename
 //! into `blobs/sha256/<hex>`) and reading. A blob is never visible under its digest unless its
-//! bytes hash to it.
+//! bytes hash to it. Large blobs nothing reads back soon (committed layers) can bypass the page
+//! cache ([`Store::blob_writer_uncached`], see `uncached`).
 
+use super::uncached::UncachedWriter;
 use super::{Result, Store, StoreError};
 use crate::digest::{Digest, DigestReader, DigestWriter};
 use std::fs::File;
@@ -31,22 +33,39 @@ impl BlobInfo {
 /// the temp file.
 pub struct BlobWriter {
     store: Store,
-    inner: DigestWriter<BufWriter<tempfile::NamedTempFile>>,
+    inner: Sink,
+}
+
+enum Sink {
+    Cached(DigestWriter<BufWriter<tempfile::NamedTempFile>>),
+    Uncached(UncachedWriter<tempfile::NamedTempFile>),
 }
 
 impl BlobWriter {
     /// The digest and size so far would be known only at commit; this is the byte count.
     pub fn n_bytes(&self) -> u64 {
-        self.inner.n_bytes()
+        match &self.inner {
+            Sink::Cached(inner) => inner.n_bytes(),
+            Sink::Uncached(inner) => inner.n_bytes(),
+        }
     }
 
     /// Flushes, fsyncs, checks the digest against `expected` (when given) and renames the file
     /// to `blobs/sha256/<hex>`. A blob already present is kept (same digest, same bytes).
     pub fn commit(self, expected: Option<&Digest>) -> Result<BlobInfo> {
-        let (digest, size, buffered) = self.inner.finish();
-        let temp = buffered
-            .into_inner()
-            .map_err(|err| StoreError::WriteBlob(err.into_error()))?;
+        let (digest, size, temp) = match self.inner {
+            Sink::Cached(inner) => {
+                let (digest, size, buffered) = inner.finish();
+                let temp = buffered
+                    .into_inner()
+                    .map_err(|err| StoreError::WriteBlob(err.into_error()))?;
+                (digest, size, temp)
+            }
+            Sink::Uncached(inner) => {
+                let written = inner.finish().map_err(StoreError::WriteBlob)?;
+                (written.digest, written.size, written.file)
+            }
+        };
         if let Some(expected) = expected {
             if *expected != digest {
                 return Err(StoreError::DigestMismatch {
@@ -73,10 +92,16 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        match &mut self.inner {
+            Sink::Cached(inner) => inner.write(buf),
+            Sink::Uncached(inner) => inner.write(buf),
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        match &mut self.inner {
+            Sink::Cached(inner) => inner.flush(),
+            Sink::Uncached(inner) => inner.flush(),
+        }
     }
 }
 
@@ -108,18 +133,38 @@ pub(crate) fn write_file_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> 
 }
 
 impl Store {
-    /// A writer for a new blob.
-    pub fn blob_writer(&self) -> Result<BlobWriter> {
-        let temp = tempfile::Builder::new()
+    fn blob_temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
             .prefix(&super::owned_name("ingest-"))
             .tempfile_in(self.tmp_dir())
             .map_err(|source| StoreError::TempFile {
                 dir: self.tmp_dir(),
                 source,
-            })?;
+            })
+    }
+
+    /// A writer for a new blob.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let temp = self.blob_temp_file()?;
         Ok(BlobWriter {
             store: self.clone(),
-            inner: DigestWriter::new(BufWriter::with_capacity(1 << 20, temp)),
+            inner: Sink::Cached(DigestWriter::new(BufWriter::with_capacity(1 << 20, temp))),
+        })
+    }
+
+    /// A writer for a large blob nothing reads back soon (a committed layer): its bytes are
+    /// hashed and written on a thread of their own, bypassing the page cache where the
+    /// filesystem allows it, so that the fsync of `commit` finds them on disk already. The
+    /// blob's bytes, digest and durability are those of [`Store::blob_writer`]'s.
+    pub fn blob_writer_uncached(&self) -> Result<BlobWriter> {
+        let temp = self.blob_temp_file()?;
+        let writer = UncachedWriter::new(temp).map_err(|source| StoreError::TempFile {
+            dir: self.tmp_dir(),
+            source,
+        })?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            inner: Sink::Uncached(writer),
         })
     }
 
@@ -229,6 +274,38 @@ mod tests {
         let info = check(data, Some(&Digest::of_bytes(data))).unwrap();
         assert_eq!(info.size, data.len() as u64);
         assert_eq!(check(data, None).unwrap().digest, Digest::of_bytes(data));
+    }
+
+    /// The uncached writer stores the same bytes under the same digest, fsynced and renamed
+    /// like any blob, and leaves nothing in tmp, committed or dropped.
+    #[test]
+    fn uncached_writer_commits_the_same_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..(9 << 20) + 4321u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut writer = store.blob_writer_uncached().unwrap();
+        for chunk in data.chunks(100_000) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.flush().unwrap();
+        assert_eq!(writer.n_bytes(), data.len() as u64);
+        let info = writer.commit(Some(&Digest::of_bytes(&data))).unwrap();
+        assert_eq!(info.size, data.len() as u64);
+        assert!(std::fs::read(store.blob_path(&info.digest)).unwrap() == data);
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+
+        let mut dropped = store.blob_writer_uncached().unwrap();
+        dropped.write_all(&data).unwrap();
+        drop(dropped);
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+
+        let mut wrong = store.blob_writer_uncached().unwrap();
+        wrong.write_all(b"abc").unwrap();
+        let err = wrong.commit(Some(&Digest::of_bytes(b"abd"))).unwrap_err();
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 
     #[test]

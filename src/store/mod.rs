@@ -39,6 +39,7 @@ pub mod members;
 pub mod prune;
 pub mod snapshot;
 pub mod sweep;
+mod uncached;
 
 use crate::digest::Digest;
 use std::path::{Path, PathBuf};

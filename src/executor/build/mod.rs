@@ -853,10 +853,13 @@ fn commit(
         let what = format!("{step}: {what}");
         move |source| BuildError::Store { what, source }
     };
+    // Uncached: nothing reads the blob back during the build (the upper dir becomes the
+    // snapshot), so its bytes go to disk as they are made instead of waiting in the page cache
+    // for the fsync. The blob writer digests the compressed bytes itself (on its own thread):
+    // no second hash of them here.
     let mut blob = store
-        .blob_writer()
+        .blob_writer_uncached()
         .map_err(store_error("open layer blob"))?;
-    // The blob writer digests the compressed bytes itself: no second hash of them here.
     let stream =
         write_layer_stream(changes, &mut blob, CommitOptions::default()).map_err(|source| {
             BuildError::Commit {

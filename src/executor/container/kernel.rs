@@ -153,6 +153,7 @@ fn errno_of(err: std::io::Error) -> Errno {
 }
 
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
@@ -197,8 +198,24 @@ fn fd_guard(fd: libc::c_long) -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
 }
 
+/// Sets `key` to `value`, or sets the flag `key` when `value` is empty (flag parameters such
+/// as overlay's `volatile` refuse a string value).
 fn fsconfig_string(fs_fd: i32, key: &str, value: &OsStr) -> Result<(), Errno> {
     let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
+    if value.is_empty() {
+        // SAFETY: valid fd and a NUL-terminated key that outlives the call.
+        return syscall_result(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs_fd,
+                FSCONFIG_SET_FLAG,
+                key.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        })
+        .map(drop);
+    }
     let value = cstring(value)?;
     // SAFETY: valid fd and NUL-terminated strings that outlive the call.
     syscall_result(unsafe {
@@ -723,6 +740,8 @@ pub mod tests {
         pub exits: std::collections::VecDeque<(Pid, Exit)>,
         /// Calls (by their first word) that fail with the given errno.
         pub failures: BTreeMap<String, Errno>,
+        /// Calls containing the text that fail with the given errno.
+        pub failures_containing: Vec<(String, Errno)>,
     }
 
     /// `MsFlags(MS_BIND | MS_REC)` -> `MS_BIND | MS_REC`.
@@ -748,9 +767,14 @@ pub mod tests {
 
         fn log(&mut self, line: String) -> Result<(), Errno> {
             let word = line.split(' ').next().unwrap_or_default().to_string();
+            let refused = self
+                .failures_containing
+                .iter()
+                .find(|(text, _)| line.contains(text.as_str()))
+                .map(|(_, errno)| *errno);
             self.calls.push(line);
-            match self.failures.get(&word) {
-                Some(errno) => Err(*errno),
+            match self.failures.get(&word).copied().or(refused) {
+                Some(errno) => Err(errno),
                 None => Ok(()),
             }
         }
