@@ -143,6 +143,9 @@ fn base36(mut value: u64) -> String {
 pub struct SweepReport {
     pub n_containers: usize,
     pub n_temp: usize,
+    /// Snapshots an earlier boot made unsynced (see `store::snapshot`), dropped so they are
+    /// unpacked again from their blobs.
+    pub n_snapshots: usize,
     pub bytes: u64,
     /// `<path>: <error>` for stale entries left in place.
     pub failures: Vec<String>,
@@ -158,12 +161,22 @@ impl SweepReport {
 
     /// One progress line (`swept N stale containers (X MiB)`), or `None` when nothing happened.
     pub fn summary(&self) -> Option<String> {
-        if self.n_containers == 0 && self.n_temp == 0 && self.failures.is_empty() {
+        if self.n_containers == 0
+            && self.n_temp == 0
+            && self.n_snapshots == 0
+            && self.failures.is_empty()
+        {
             return None;
         }
         let mut line = format!("swept {} stale containers", self.n_containers);
         if self.n_temp > 0 {
             line.push_str(&format!(" and {} temporary entries", self.n_temp));
+        }
+        if self.n_snapshots > 0 {
+            line.push_str(&format!(
+                ", dropped {} snapshots an earlier boot left unsynced",
+                self.n_snapshots
+            ));
         }
         line.push_str(&format!(" ({:.1} MiB)", self.bytes as f64 / 1048576.0));
         if !self.failures.is_empty() {
@@ -282,12 +295,19 @@ impl Store {
         }
     }
 
-    /// Removes the entries of `containers/`, `tmp/` and `cache/mounts/` (a cache mount's
+    /// Drops the snapshots an earlier boot left unsynced (`drop_unsynced_snapshots`), then
+    /// removes the entries of `containers/`, `tmp/` and `cache/mounts/` (a cache mount's
     /// half-seeded `new-` dir) whose owner process is gone. Never
     /// touches an entry whose owner is alive, unknown, or not recorded. Best effort: an entry
     /// that cannot be removed is reported in `failures` and left.
     pub fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
+        match self.drop_unsynced_snapshots() {
+            Ok(n) => report.n_snapshots = n,
+            Err(err) => report
+                .failures
+                .push(format!("{}: {err}", self.snapshots_dir().display())),
+        }
         let cache_mounts = self.cache_dir().join("mounts");
         for (dir, is_container) in [
             (self.containers_dir(), true),

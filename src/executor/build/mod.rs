@@ -884,6 +884,14 @@ fn commit(
         .expect("at least one layer");
     let snapshot = store.snapshot_path(&chain_id);
     if !snapshot.is_dir() {
+        // The upper dir was written unsynced (volatile overlay): a crash before the next
+        // boot's sweep must not leave it standing as a complete snapshot.
+        store
+            .note_unsynced_snapshot()
+            .map_err(|source| BuildError::Store {
+                what: format!("{step}: keep snapshot {}", snapshot.display()),
+                source,
+            })?;
         match std::fs::rename(changes, &snapshot) {
             Ok(()) => {}
             // Someone else made the same snapshot meanwhile: theirs is as good.

@@ -773,6 +773,9 @@ pub fn unpack_snapshot(store: &Store, layer: &LayerRef, target: &Path) -> Result
         )));
     }
     let staged: PathBuf = staging.keep();
+    store
+        .note_unsynced_snapshot()
+        .map_err(|err| unpack_error(err.to_string()))?;
     match std::fs::rename(&staged, target) {
         Ok(()) => Ok(()),
         // Another step unpacked the same snapshot meanwhile: theirs is as good.
