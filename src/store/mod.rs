@@ -44,6 +44,11 @@ use crate::digest::Digest;
 use std::path::{Path, PathBuf};
 
 pub use blob::{BlobInfo, BlobWriter};
+
+/// `cache/<this>/`: the build's notes of which files a COPY left in which snapshot (a JSON
+/// object whose `snapshot` field is the chain ID); `prune` removes those whose snapshot it
+/// removed.
+pub const COPY_NOTE_DIR: &str = "copies";
 pub use compression::Compression;
 pub use image::{Healthcheck, Image, ImageConfig};
 pub use ingest::LayerInfo;
