@@ -21,7 +21,9 @@ fn copy_snapshot(root: &Path, name: &str) -> PathBuf {
 
 /// The entries of `name`'s COPY layer: (path, kind, mode, uid, gid, mtime but for
 /// directories (they get the time of the copy), link name, content).
-fn copy_layer(root: &Path, name: &str) -> Vec<(String, u8, u32, u64, u64, u64, String, Vec<u8>)> {
+type Entry = (String, u8, u32, u64, u64, u64, String, Vec<u8>);
+
+fn copy_layer(root: &Path, name: &str) -> Vec<Entry> {
     let store = kiln::store::Store::open(root).unwrap();
     let digests = image(root, name).layer_digests().unwrap();
     let reader = store

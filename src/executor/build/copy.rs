@@ -5,7 +5,10 @@
 //! dirs, a fresh upper dir) so the upper dir ends up holding exactly the step's diff, as after a
 //! RUN. The overlay is mounted by a short-lived thread that first unshares its own mount
 //! namespace ([`with_private_mounts`]): the mount is never visible on the host and disappears
-//! when the thread ends, even if kiln is killed.
+//! when the thread ends, even if kiln is killed. New regular files skip the overlay: they are
+//! written into the upper dir once it is unmounted ([`copy_roots_direct`], [`write_direct`]),
+//! or hard-linked from the snapshot of the same COPY's last run when unchanged
+//! ([`PreviousCopy`]).
 //!
 //! Destinations are resolved inside the root the way a chroot would ([`resolve_in_root`]):
 //! symlinks are followed but an absolute target or `..` starts again from / of the image, so
@@ -755,7 +758,7 @@ pub fn write_direct(
         let (Some(parent), Some(name)) = (file.rel.parent(), file.rel.file_name()) else {
             return Err(io::Error::other("a file cannot be the root"));
         };
-        if current.as_ref().is_none_or(|(dir, _, _)| dir != parent) {
+        if !current.as_ref().is_some_and(|(dir, _, _)| dir == parent) {
             // The first half created (or copied up) every parent as a directory.
             let upper_dir = open_dir_beneath(upper_root.as_fd(), parent).map_err(|err| {
                 io::Error::other(format!("{}: {err}", upper.join(parent).display()))

@@ -492,9 +492,10 @@ fn run_node_inner(
         .cache_key(node.id, &keys, &source_digests)
         .map_err(key_error)?;
 
-    // The same COPY with any source content: what its last run wrote may be linked from.
+    // The same COPY with any source content: what its last run wrote may be linked from
+    // (not with --no-cache, which still leaves a note for the next build).
     let lineage = match &node.op {
-        Op::Copy(_) if !shared.options.no_cache && !shared.graph.no_cache => {
+        Op::Copy(_) => {
             let placeholder = Digest::of_bytes(b"kiln copy lineage");
             let any_content: Vec<Option<Digest>> = source_digests
                 .iter()
@@ -1261,7 +1262,9 @@ fn run_copy(
     let dest = copy_op.dest.clone();
     let chown = copy_op.chown.clone();
     let sources = copy_op.sources.clone();
-    let previous = lineage.and_then(|lineage| previous_copy(store, lineage));
+    let previous = lineage
+        .filter(|_| !shared.options.no_cache && !shared.graph.no_cache)
+        .and_then(|lineage| previous_copy(store, lineage));
     let first_half = move |target: &Path, scratch: &Path| {
         let owner = match &chown {
             Some(chown) => Some(resolve_owner(target, chown)?),
