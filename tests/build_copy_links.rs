@@ -19,8 +19,8 @@ fn copy_snapshot(root: &Path, name: &str) -> PathBuf {
     store.snapshot_path(&chains[chains.len() - 2])
 }
 
-/// The entries of `name`'s COPY layer: (path, kind, mode, uid, gid, mtime but for
-/// directories (they get the time of the copy), link name, content).
+/// The entries of `name`'s COPY layer: (path, kind, mode, uid, gid, mtime of regular files
+/// (directories and symlinks get the time of the copy), link name, content).
 type Entry = (String, u8, u32, u64, u64, u64, String, Vec<u8>);
 
 fn copy_layer(root: &Path, name: &str) -> Vec<Entry> {
@@ -36,14 +36,14 @@ fn copy_layer(root: &Path, name: &str) -> Vec<Entry> {
         let header = entry.header().clone();
         let mut content = Vec::new();
         entry.read_to_end(&mut content).unwrap();
-        let is_dir = header.entry_type().is_dir();
+        let is_file = header.entry_type().is_file();
         entries.push((
             String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
             header.entry_type().as_byte(),
             header.mode().unwrap(),
             header.uid().unwrap(),
             header.gid().unwrap(),
-            if is_dir { 0 } else { header.mtime().unwrap() },
+            if is_file { header.mtime().unwrap() } else { 0 },
             header
                 .link_name()
                 .unwrap()

@@ -1297,8 +1297,9 @@ mod tests {
         );
     }
 
-    /// The entries of `upper`'s layer tar: (name, kind, mode, uid, gid, mtime (not for
-    /// directories: they get the time of the copy), link name, content, xattrs).
+    /// The entries of `upper`'s layer tar: (name, kind, mode, uid, gid, mtime (of regular
+    /// files only: directories and symlinks get the time of the copy), link name, content,
+    /// xattrs).
     type Entry = (
         String,
         u8,
@@ -1338,7 +1339,10 @@ mod tests {
                 header.mode().unwrap(),
                 header.uid().unwrap(),
                 header.gid().unwrap(),
-                (!header.entry_type().is_dir()).then(|| header.mtime().unwrap()),
+                header
+                    .entry_type()
+                    .is_file()
+                    .then(|| header.mtime().unwrap()),
                 header
                     .link_name()
                     .unwrap()
