@@ -1453,13 +1453,7 @@ fn in_overlay_then_upper<T, U: Send>(
             }
             copy::mount_overlay(&lowers, upper, work_dir, merged)?;
             let done = work(merged, scratch);
-            // Not lazily: `then` may write into the upper dir only once no overlay uses it.
-            use container::kernel::Kernel as _;
-            container::kernel::Linux
-                .umount(merged, nix::mount::MntFlags::empty())
-                .map_err(|errno| {
-                    io::Error::other(format!("unmount {}: {errno}", merged.display()))
-                })?;
+            unmount_overlay(merged)?;
             then(upper, done?)
         })
     })();
@@ -1475,9 +1469,62 @@ fn in_overlay_then_upper<T, U: Send>(
     }
 }
 
+/// Unmounts the overlay on `merged`, not lazily: the upper dir may be written to only once no
+/// overlay uses it. A fork in another thread (a RUN spawning its container) holds copies of
+/// all the process's fds until it execs, an fd of a file in `merged` among them for a moment,
+/// which makes the unmount fail with EBUSY: it is retried until that fork is gone.
+fn unmount_overlay(merged: &Path) -> io::Result<()> {
+    use container::kernel::Kernel as _;
+    let mut pause = std::time::Duration::from_micros(200);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match container::kernel::Linux.umount(merged, nix::mount::MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(errno) => {
+                return Err(io::Error::other(format!(
+                    "unmount {}: {errno}",
+                    merged.display()
+                )))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlay_busy_for_a_moment_is_unmounted_once_free() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test mounts an overlay: run it as root"
+        );
+        let base = tempfile::tempdir().unwrap();
+        let [lower, upper, work, merged] =
+            ["lower", "upper", "work", "merged"].map(|name| base.path().join(name));
+        for dir in [&lower, &upper, &work, &merged] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(lower.join("file"), "x").unwrap();
+        copy::with_private_mounts(|| {
+            copy::mount_overlay(&[lower.clone()], &upper, &work, &merged)?;
+            // As a fork between fork and exec would: a file in the overlay open for a moment.
+            let open = std::fs::File::open(merged.join("file"))?;
+            let holder = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                drop(open);
+            });
+            let unmounted = unmount_overlay(&merged);
+            holder.join().unwrap();
+            unmounted
+        })
+        .expect("unmounted once the file was closed");
+    }
 
     #[test]
     fn url_file_names_follow_docker() {
