@@ -8,7 +8,10 @@
 #   warm    = the same build again
 # Prints wall seconds and user+sys CPU seconds (kiln and its children) per build.
 # KILN_ROOT (default /tmp/kiln-bench/kiln-root), BENCH_TMP (default /tmp/kiln-bench),
-# PEERS_DIR (default /work/shared/bench) can be set.
+# PEERS_DIR (default /work/shared/bench) can be set. SETTLE=31 waits that many seconds after the
+# reset: ext4 without a journal skips (and re-reads) inodes freed in the last 30 s
+# (dirty_expire_centisecs) when it allocates, so a cold build right after the reset pays for the
+# number of files the reset deleted, which differs between binaries that link and that copy.
 set -u
 CASE=$1; N=$2; shift 2
 export KILN_ROOT=${KILN_ROOT:-/tmp/kiln-bench/kiln-root}
@@ -30,6 +33,7 @@ for r in $(seq "$N"); do
         "$K" rmi "kbench/$CASE:kiln" >/dev/null 2>&1
         rm -rf "$KILN_ROOT/cache/records" "$KILN_ROOT/cache/builds" "$KILN_ROOT/cache/context-stat-cache"
         "$K" prune >/dev/null 2>&1; sync
+        [ "${SETTLE:-0}" -gt 0 ] && sleep "$SETTLE"
         timed "$name" cold "$K" build --no-cache -t "kbench/$CASE:kiln" "$CTX"
         if [ "$CASE" = big-context ]; then
             "$PEERS_DIR/cases/big-context/change-one.sh" "$CTX" "ab-$r-$name" >/dev/null; sync

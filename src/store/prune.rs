@@ -119,6 +119,18 @@ impl Store {
                 report.n_snapshots += 1;
             }
         }
+        // Notes naming a snapshot that is gone (or unreadable ones, or a dead writer's temp file).
+        let notes = self.cache_dir().join(super::COPY_NOTE_DIR);
+        for name in dir_names(&notes)? {
+            let path = notes.join(&name);
+            let snapshot = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|note| note["snapshot"].as_str()?.parse::<Digest>().ok());
+            if !snapshot.is_some_and(|chain| chains.contains(&chain)) {
+                remove_any(&path)?;
+            }
+        }
         for name in dir_names(&self.tmp_dir())? {
             // A live kiln's staging (a `kiln run`, a pull) is not garbage; see `sweep`.
             let owner = super::sweep::Owner::parse_name(&name).map(|(owner, _)| owner);

@@ -565,6 +565,20 @@ fn run_node_inner(
         .cache_key(node.id, &keys, &source_digests)
         .map_err(key_error)?;
 
+    // The same COPY with any source content: what its last run wrote may be linked from
+    // (not with --no-cache, which still leaves a note for the next build).
+    let lineage = match &node.op {
+        Op::Copy(_) => {
+            let placeholder = Digest::of_bytes(b"kiln copy lineage");
+            let any_content: Vec<Option<Digest>> = source_digests
+                .iter()
+                .map(|digest| digest.as_ref().map(|_| placeholder.clone()))
+                .collect();
+            shared.graph.cache_key(node.id, &keys, &any_content).ok()
+        }
+        _ => None,
+    };
+
     let mut state = parent.clone();
     state.key = key.clone();
     let history_entry = node.history.clone();
@@ -616,7 +630,15 @@ fn run_node_inner(
         Op::Exec(exec) => run_exec(shared, &parent, others, exec, number, step)?,
         Op::Copy(copy_op) => {
             let prepared = prepared.expect("prepared above");
-            let result = run_copy(shared, &parent, others, copy_op, &prepared, step);
+            let result = run_copy(
+                shared,
+                &parent,
+                others,
+                copy_op,
+                &prepared,
+                lineage.as_ref(),
+                step,
+            );
             prepared.cleanup();
             result?
         }
@@ -1163,6 +1185,10 @@ fn prepare_copy(
                         kind: match entry.kind {
                             crate::context::EntryKind::File => ItemKind::File {
                                 host: host_of(entry),
+                                content: entry.digest.clone().map(|digest| copy::Content {
+                                    digest,
+                                    size: entry.size,
+                                }),
                             },
                             crate::context::EntryKind::Dir => ItemKind::Dir,
                             crate::context::EntryKind::Symlink => ItemKind::Symlink {
@@ -1236,7 +1262,10 @@ fn prepare_copy(
                     matched: PathBuf::from(name),
                     items: vec![Item {
                         rel: PathBuf::new(),
-                        kind: ItemKind::File { host },
+                        kind: ItemKind::File {
+                            host,
+                            content: None,
+                        },
                         mode: 0o644,
                         uid: 0,
                         gid: 0,
@@ -1270,7 +1299,10 @@ fn prepare_copy(
                     name: name.into(),
                     items: vec![Item {
                         rel: PathBuf::new(),
-                        kind: ItemKind::File { host },
+                        kind: ItemKind::File {
+                            host,
+                            content: None,
+                        },
                         mode: 0o600,
                         uid: 0,
                         gid: 0,
@@ -1308,7 +1340,7 @@ fn shaped_digest(roots: &[Root], content: &BTreeMap<PathBuf, Digest>) -> Digest 
         ));
         for item in &root.items {
             let what = match &item.kind {
-                ItemKind::File { host } => format!(
+                ItemKind::File { host, .. } => format!(
                     "file {}",
                     content.get(host).map(|d| d.to_string()).unwrap_or_default()
                 ),
@@ -1381,6 +1413,7 @@ fn run_copy(
     others: &BTreeMap<NodeId, NodeState>,
     copy_op: &CopyOp,
     prepared: &PreparedCopy,
+    lineage: Option<&CacheKey>,
     step: &str,
 ) -> Result<Option<LayerRef>, BuildError> {
     let store = shared.store;
@@ -1413,7 +1446,10 @@ fn run_copy(
     let dest = copy_op.dest.clone();
     let chown = copy_op.chown.clone();
     let sources = copy_op.sources.clone();
-    in_overlay(store, &lowers, step, move |target, scratch| {
+    let previous = lineage
+        .filter(|_| !shared.options.no_cache && !shared.graph.no_cache)
+        .and_then(|lineage| previous_copy(store, lineage));
+    let first_half = move |target: &Path, scratch: &Path| {
         let owner = match &chown {
             Some(chown) => Some(resolve_owner(target, chown)?),
             None => None,
@@ -1458,22 +1494,68 @@ fn run_copy(
                 (_, None) => return Err(io::Error::other("source was not prepared")),
             }
         }
-        copy::copy_roots(
-            target,
-            &roots,
-            &copy::CopySpec {
-                dest: dest.clone(),
-                owner,
-                chmod,
-            },
-        )
+        let spec = copy::CopySpec {
+            dest: dest.clone(),
+            owner,
+            chmod,
+        };
+        let files = copy::copy_roots_direct(target, &roots, &spec)?;
+        Ok((files, spec))
+    };
+    let second_half = |upper: &Path, (files, spec): (Vec<copy::DeferredFile>, copy::CopySpec)| {
+        copy::write_direct(upper, &files, &spec, previous.as_ref())
+    };
+    let (upper, state_dir, known) =
+        in_overlay_then_upper(store, &lowers, step, first_half, second_half)?;
+    let result = commit(store, parent, &upper, step);
+    let _ = remove_all(&state_dir);
+    if let (Ok(Some(layer)), Some(lineage)) = (&result, lineage) {
+        if !known.is_empty() {
+            save_previous_copy(store, parent, layer, lineage, known);
+        }
+    }
+    result
+}
+
+/// The files the last run of this COPY left in a snapshot that is still there.
+fn previous_copy(store: &Store, lineage: &CacheKey) -> Option<copy::PreviousCopy> {
+    let note = record::load_copy_note(store, lineage)?;
+    let snapshot = store.snapshot_path(&note.snapshot);
+    if !snapshot.is_dir() {
+        return None;
+    }
+    Some(copy::PreviousCopy {
+        snapshot,
+        files: note
+            .files
+            .into_iter()
+            .map(|(path, digest)| (PathBuf::from(path), digest))
+            .collect(),
     })
-    .and_then(|upper_state| {
-        let (upper, state_dir) = upper_state;
-        let result = commit(store, parent, &upper, step);
-        let _ = remove_all(&state_dir);
-        result
-    })
+}
+
+/// Notes which files this COPY wrote into the snapshot of `parent` + `layer`. Best effort: a
+/// missing note only means the next run copies every file.
+fn save_previous_copy(
+    store: &Store,
+    parent: &NodeState,
+    layer: &LayerRef,
+    lineage: &CacheKey,
+    known: BTreeMap<PathBuf, Digest>,
+) {
+    let mut with = parent.clone();
+    with.layers.push(layer.clone());
+    let Some(chain_id) = chain_ids(&with).ok().and_then(|ids| ids.last().cloned()) else {
+        return;
+    };
+    let note = record::CopyNote {
+        snapshot: chain_id,
+        files: known
+            .into_iter()
+            .filter_map(|(path, digest)| Some((path.into_os_string().into_string().ok()?, digest)))
+            .collect(),
+    };
+    let _ = record::save_copy_note(store, lineage, &note);
 }
 
 /// WORKDIR: creates the directory (owned by the step's user) and commits it.
@@ -1521,6 +1603,20 @@ fn in_overlay(
     step: &str,
     work: impl FnOnce(&Path, &Path) -> io::Result<()> + Send,
 ) -> Result<(PathBuf, PathBuf), BuildError> {
+    in_overlay_then_upper(store, lowers, step, work, |_, ()| Ok(()))
+        .map(|(upper, state_dir, ())| (upper, state_dir))
+}
+
+/// [`in_overlay`], then unmounts the overlay and runs `then(upper dir, what work returned)`
+/// (in the same private mount namespace, so mounts `work` made elsewhere are still there).
+/// With no lower dirs nothing is mounted and `work` gets the upper dir itself.
+fn in_overlay_then_upper<T, U: Send>(
+    store: &Store,
+    lowers: &[PathBuf],
+    step: &str,
+    work: impl FnOnce(&Path, &Path) -> io::Result<T> + Send,
+    then: impl FnOnce(&Path, T) -> io::Result<U> + Send,
+) -> Result<(PathBuf, PathBuf, U), BuildError> {
     let state_dir = store.container_dir(&random_id());
     let (upper, work_dir, merged, scratch) = (
         state_dir.join("upper"),
@@ -1528,24 +1624,25 @@ fn in_overlay(
         state_dir.join("merged"),
         state_dir.join("scratch"),
     );
-    let result = (|| -> io::Result<()> {
+    let result = (|| -> io::Result<U> {
         for dir in [&upper, &work_dir, &merged, &scratch] {
             std::fs::create_dir_all(dir)?;
         }
         let lowers = lowers.to_vec();
         let (upper, work_dir, merged, scratch) = (&upper, &work_dir, &merged, &scratch);
         copy::with_private_mounts(move || {
-            let target = if lowers.is_empty() {
-                upper.clone()
-            } else {
-                copy::mount_overlay(&lowers, upper, work_dir, merged)?;
-                merged.clone()
-            };
-            work(&target, scratch)
+            if lowers.is_empty() {
+                let done = work(upper, scratch)?;
+                return then(upper, done);
+            }
+            copy::mount_overlay(&lowers, upper, work_dir, merged)?;
+            let done = work(merged, scratch);
+            unmount_overlay(merged)?;
+            then(upper, done?)
         })
     })();
     match result {
-        Ok(()) => Ok((upper, state_dir)),
+        Ok(done) => Ok((upper, state_dir, done)),
         Err(source) => {
             let _ = remove_all(&state_dir);
             Err(BuildError::Copy {
@@ -1556,9 +1653,62 @@ fn in_overlay(
     }
 }
 
+/// Unmounts the overlay on `merged`, not lazily: the upper dir may be written to only once no
+/// overlay uses it. A fork in another thread (a RUN spawning its container) holds copies of
+/// all the process's fds until it execs, an fd of a file in `merged` among them for a moment,
+/// which makes the unmount fail with EBUSY: it is retried until that fork is gone.
+fn unmount_overlay(merged: &Path) -> io::Result<()> {
+    use container::kernel::Kernel as _;
+    let mut pause = std::time::Duration::from_micros(200);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match container::kernel::Linux.umount(merged, nix::mount::MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(errno) => {
+                return Err(io::Error::other(format!(
+                    "unmount {}: {errno}",
+                    merged.display()
+                )))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlay_busy_for_a_moment_is_unmounted_once_free() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test mounts an overlay: run it as root"
+        );
+        let base = tempfile::tempdir().unwrap();
+        let [lower, upper, work, merged] =
+            ["lower", "upper", "work", "merged"].map(|name| base.path().join(name));
+        for dir in [&lower, &upper, &work, &merged] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(lower.join("file"), "x").unwrap();
+        copy::with_private_mounts(|| {
+            copy::mount_overlay(&[lower.clone()], &upper, &work, &merged)?;
+            // As a fork between fork and exec would: a file in the overlay open for a moment.
+            let open = std::fs::File::open(merged.join("file"))?;
+            let holder = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                drop(open);
+            });
+            let unmounted = unmount_overlay(&merged);
+            holder.join().unwrap();
+            unmounted
+        })
+        .expect("unmounted once the file was closed");
+    }
 
     #[test]
     fn url_file_names_follow_docker() {

@@ -613,6 +613,7 @@ fn context_view(
                 kind: match entry.kind {
                     EntryKind::File => copy::ItemKind::File {
                         host: context.root().join(&entry.path),
+                        content: None,
                     },
                     EntryKind::Dir => copy::ItemKind::Dir,
                     EntryKind::Symlink => copy::ItemKind::Symlink {

@@ -96,6 +96,42 @@ pub fn load_build_note(store: &Store, image_id: &Digest) -> Option<Vec<bool>> {
     serde_json::from_value(value["cached"].clone()).ok()
 }
 
+/// What the last run of a COPY wrote, for the next run of the same COPY (same parent key, same
+/// op, any source content) to hard-link its unchanged files from:
+/// `<store>/cache/copies/<lineage key hex>.json` =
+/// `{"snapshot": "sha256:<chain id>", "files": {"<path in the snapshot>": "sha256:<content>"}}`.
+/// Only a hint: every file is checked against the snapshot before it is linked, `prune` removes
+/// notes whose snapshot is gone, and a damaged or missing note is simply not used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyNote {
+    pub snapshot: Digest,
+    pub files: std::collections::BTreeMap<String, Digest>,
+}
+
+fn copy_note_path(store: &Store, lineage: &CacheKey) -> PathBuf {
+    store
+        .cache_dir()
+        .join(crate::store::COPY_NOTE_DIR)
+        .join(format!("{}.json", lineage.digest().hex()))
+}
+
+pub fn load_copy_note(store: &Store, lineage: &CacheKey) -> Option<CopyNote> {
+    let bytes = std::fs::read(copy_note_path(store, lineage)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Replaces the note of `lineage` (temp file and rename; not fsynced: a note lost in a crash
+/// only costs the next build its links).
+pub fn save_copy_note(store: &Store, lineage: &CacheKey, note: &CopyNote) -> std::io::Result<()> {
+    let path = copy_note_path(store, lineage);
+    let dir = path.parent().expect("note path has a parent").to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+    file.write_all(&serde_json::to_vec(note).map_err(std::io::Error::other)?)?;
+    file.persist(&path).map_err(|err| err.error)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

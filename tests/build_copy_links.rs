@@ -1,0 +1,124 @@
+//! Issue 5 (bench case big-context): a COPY whose previous run left a snapshot hard-links the
+//! files that did not change from that snapshot instead of copying them again, and the layer
+//! it commits is still exactly what a copy from scratch gives.
+
+mod common;
+
+use common::build::{build, context, flatten, image, read, store_with_base};
+use common::{kiln, run_ok};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const DOCKERFILE: &str = "FROM base:1\nCOPY . /app/\nRUN cat /app/a.txt /app/d/c.txt > /seen\n";
+
+/// The snapshot of `name`'s COPY layer (the one before the last).
+fn copy_snapshot(root: &Path, name: &str) -> PathBuf {
+    let store = kiln::store::Store::open(root).unwrap();
+    let chains = image(root, name).chain_ids().unwrap();
+    store.snapshot_path(&chains[chains.len() - 2])
+}
+
+/// The entries of `name`'s COPY layer: (path, kind, mode, uid, gid, mtime of regular files
+/// (directories and symlinks get the time of the copy), link name, content).
+type Entry = (String, u8, u32, u64, u64, u64, String, Vec<u8>);
+
+fn copy_layer(root: &Path, name: &str) -> Vec<Entry> {
+    let store = kiln::store::Store::open(root).unwrap();
+    let digests = image(root, name).layer_digests().unwrap();
+    let reader = store
+        .read_layer_uncompressed(&digests[digests.len() - 2])
+        .unwrap();
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let header = entry.header().clone();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        let is_file = header.entry_type().is_file();
+        entries.push((
+            String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+            header.entry_type().as_byte(),
+            header.mode().unwrap(),
+            header.uid().unwrap(),
+            header.gid().unwrap(),
+            if is_file { header.mtime().unwrap() } else { 0 },
+            header
+                .link_name()
+                .unwrap()
+                .map(|l| l.display().to_string())
+                .unwrap_or_default(),
+            content,
+        ));
+    }
+    entries
+}
+
+fn ino(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).unwrap().ino()
+}
+
+fn notes(root: &Path) -> usize {
+    std::fs::read_dir(root.join("cache/copies"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn issue5_a_rebuilt_copy_links_unchanged_files_and_gives_the_cold_layer() {
+    let root = store_with_base();
+    let dir = context(&[
+        ("Dockerfile", DOCKERFILE),
+        ("a.txt", "a1\n"),
+        ("b.txt", "b\n"),
+        ("d/c.txt", "c\n"),
+    ]);
+    build(root.path(), dir.path(), &["-t", "t:1"]);
+    let first = copy_snapshot(root.path(), "t:1");
+    let first_id = image(root.path(), "t:1").id().to_string();
+    assert_eq!(notes(root.path()), 1);
+
+    std::fs::write(dir.path().join("a.txt"), "a2\n").unwrap();
+    build(root.path(), dir.path(), &["-t", "t:1"]);
+    let second = copy_snapshot(root.path(), "t:1");
+    assert_ne!(first, second);
+    for unchanged in ["app/b.txt", "app/d/c.txt", "app/Dockerfile"] {
+        assert_eq!(
+            ino(&second.join(unchanged)),
+            ino(&first.join(unchanged)),
+            "{unchanged} is a link to the first snapshot's"
+        );
+    }
+    assert_ne!(
+        ino(&second.join("app/a.txt")),
+        ino(&first.join("app/a.txt"))
+    );
+    assert_eq!(read(&first.join("app/a.txt")), "a1\n");
+    assert_eq!(read(&second.join("app/a.txt")), "a2\n");
+    assert_eq!(
+        read(&flatten(root.path(), "t:1").path().join("seen")),
+        "a2\nc\n"
+    );
+
+    // The same context from scratch (no cache: nothing linked) gives the same layer.
+    build(root.path(), dir.path(), &["-t", "t:cold", "--no-cache"]);
+    let linked = copy_layer(root.path(), "t:1");
+    assert!(linked.len() >= 6, "{linked:?}");
+    assert!(
+        linked.iter().all(|entry| entry.1 != b'1'),
+        "no tar hard links: {linked:?}"
+    );
+    assert_eq!(linked, copy_layer(root.path(), "t:cold"));
+
+    // prune keeps the note of a snapshot in use, and removes it with the snapshot.
+    run_ok(kiln(root.path()).args(["rmi", &first_id]));
+    run_ok(kiln(root.path()).arg("prune"));
+    assert!(!first.exists());
+    assert_eq!(read(&second.join("app/b.txt")), "b\n");
+    assert_eq!(notes(root.path()), 1);
+    run_ok(kiln(root.path()).args(["rmi", "t:1", "t:cold"]));
+    run_ok(kiln(root.path()).arg("prune"));
+    assert!(!second.exists());
+    assert_eq!(notes(root.path()), 0);
+}
