@@ -37,6 +37,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 /// Linux gives up after this many symlinks in one resolution.
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -740,15 +741,69 @@ pub fn write_direct(
     spec: &CopySpec,
     previous: Option<&PreviousCopy>,
 ) -> io::Result<BTreeMap<PathBuf, Digest>> {
-    let mut known = BTreeMap::new();
     if files.is_empty() {
-        return Ok(known);
+        return Ok(BTreeMap::new());
     }
     let upper_root = File::open(upper)?;
     let previous_root = previous.and_then(|previous| File::open(&previous.snapshot).ok());
     // One inode is linked at most once: two paths of one inode in a layer would become a tar
     // hard link, which a copy would not have made.
-    let mut linked: HashSet<u64> = HashSet::new();
+    let linked: Mutex<HashSet<u64>> = Mutex::new(HashSet::new());
+    // Work is split at directory boundaries into one part per core: links and creates in
+    // different directories do not contend (10,000 links are ~0.2 s on one core).
+    let parts = split_by_directory(files, rayon::current_num_threads().max(1));
+    let write_part = |part: &[DeferredFile]| -> io::Result<BTreeMap<PathBuf, Digest>> {
+        write_direct_part(
+            upper,
+            upper_root.as_fd(),
+            previous_root.as_ref().map(|root| root.as_fd()),
+            part,
+            spec,
+            previous,
+            &linked,
+        )
+    };
+    let results: Vec<io::Result<BTreeMap<PathBuf, Digest>>> = if parts.len() == 1 {
+        vec![write_part(parts[0])]
+    } else {
+        use rayon::prelude::*;
+        parts.par_iter().map(|part| write_part(part)).collect()
+    };
+    let mut known = BTreeMap::new();
+    for result in results {
+        known.extend(result?);
+    }
+    Ok(known)
+}
+
+/// `files` (sorted, so each directory's files are adjacent) cut into at most `n` runs of
+/// about equal length, each cut between two directories.
+fn split_by_directory(files: &[DeferredFile], n: usize) -> Vec<&[DeferredFile]> {
+    let target = files.len().div_ceil(n).max(1);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for index in 1..files.len() {
+        if index - start >= target && files[index].rel.parent() != files[index - 1].rel.parent()
+        {
+            parts.push(&files[start..index]);
+            start = index;
+        }
+    }
+    parts.push(&files[start..]);
+    parts
+}
+
+/// [`write_direct`] for one run of files.
+fn write_direct_part(
+    upper: &Path,
+    upper_root: BorrowedFd<'_>,
+    previous_root: Option<BorrowedFd<'_>>,
+    files: &[DeferredFile],
+    spec: &CopySpec,
+    previous: Option<&PreviousCopy>,
+    linked: &Mutex<HashSet<u64>>,
+) -> io::Result<BTreeMap<PathBuf, Digest>> {
+    let mut known = BTreeMap::new();
     // The directory of the file at hand, in the upper dir and in the previous snapshot.
     let mut current: Option<(PathBuf, OwnedFd, Option<OwnedFd>)> = None;
     for file in files {
@@ -760,12 +815,11 @@ pub fn write_direct(
         };
         if !current.as_ref().is_some_and(|(dir, _, _)| dir == parent) {
             // The first half created (or copied up) every parent as a directory.
-            let upper_dir = open_dir_beneath(upper_root.as_fd(), parent).map_err(|err| {
+            let upper_dir = open_dir_beneath(upper_root, parent).map_err(|err| {
                 io::Error::other(format!("{}: {err}", upper.join(parent).display()))
             })?;
-            let previous_dir = previous_root
-                .as_ref()
-                .and_then(|root| open_dir_beneath(root.as_fd(), parent).ok());
+            let previous_dir =
+                previous_root.and_then(|root| open_dir_beneath(root, parent).ok());
             current = Some((parent.to_path_buf(), upper_dir, previous_dir));
         }
         let (_, upper_dir, previous_dir) = current.as_ref().expect("just set");
@@ -774,12 +828,14 @@ pub fn write_direct(
             (Some(previous), Some(previous_dir)) => stat_at(previous_dir.as_fd(), &c_name)
                 .ok()
                 .filter(|old| previous.reusable(&file.rel, &file.item, spec, old))
-                .filter(|old| !linked.contains(&old.st_ino))
+                .filter(|old| {
+                    linked
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(old.st_ino)
+                })
                 // Pruned meanwhile, or another file system: copy instead.
-                .is_some_and(|old| {
-                    link_at(previous_dir.as_fd(), upper_dir.as_fd(), &c_name).is_ok()
-                        && linked.insert(old.st_ino)
-                }),
+                .is_some_and(|_| link_at(previous_dir.as_fd(), upper_dir.as_fd(), &c_name).is_ok()),
             _ => false,
         };
         let unchanged = reused || {
@@ -1580,6 +1636,41 @@ mod tests {
             let n_replaced = usize::from(index == 0);
             assert_eq!(known.len(), n_files - n_replaced, "case {index}: {known:?}");
         }
+    }
+
+    #[test]
+    fn direct_writes_split_only_between_directories() {
+        let file = |rel: &str| DeferredFile {
+            rel: PathBuf::from(rel),
+            item: Item {
+                rel: PathBuf::from(rel),
+                kind: ItemKind::Dir,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: None,
+            },
+        };
+        let files: Vec<DeferredFile> = ["a/1", "a/2", "a/3", "b/1", "c/1", "c/2", "c/3", "c/4"]
+            .iter()
+            .map(|rel| file(rel))
+            .collect();
+        let names = |parts: Vec<&[DeferredFile]>| -> Vec<Vec<String>> {
+            parts
+                .iter()
+                .map(|part| part.iter().map(|f| f.rel.display().to_string()).collect())
+                .collect()
+        };
+        assert_eq!(
+            names(split_by_directory(&files, 2)),
+            vec![vec!["a/1", "a/2", "a/3", "b/1"], vec!["c/1", "c/2", "c/3", "c/4"]]
+        );
+        assert_eq!(
+            names(split_by_directory(&files, 3)),
+            vec![vec!["a/1", "a/2", "a/3"], vec!["b/1", "c/1", "c/2", "c/3", "c/4"]]
+        );
+        assert_eq!(names(split_by_directory(&files, 1)).len(), 1);
+        assert_eq!(names(split_by_directory(&files[..1], 4)), vec![vec!["a/1"]]);
     }
 
     #[test]
