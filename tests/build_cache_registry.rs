@@ -300,9 +300,15 @@ fn issue6_mode_min_exports_only_the_final_image_steps() {
     let b = store_with_base();
     let second = build(b.path(), context.path(), &["--cache-from", &cache_ref]);
     let stderr_b = stderr_of(&second);
-    let shown: Vec<String> = cached_steps(&stderr_b).into_iter().map(|(d, _)| d).collect();
+    let shown: Vec<String> = cached_steps(&stderr_b)
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
     for step in &STEPS[..3] {
-        assert!(!shown.iter().any(|d| d == step), "{step} should be skipped:\n{stderr_b}");
+        assert!(
+            !shown.iter().any(|d| d == step),
+            "{step} should be skipped:\n{stderr_b}"
+        );
     }
     assert!(!stderr_b.contains("[builder"), "{stderr_b}");
     for step in &STEPS[3..] {

@@ -344,13 +344,17 @@ mod tests {
 
         // Seen from boot A itself, nothing is dropped.
         assert_eq!(
-            store.drop_unsynced_snapshots_since("boot-a", booted).unwrap(),
+            store
+                .drop_unsynced_snapshots_since("boot-a", booted)
+                .unwrap(),
             0
         );
         assert!(unsynced.is_dir() && marker.is_file());
 
         assert_eq!(
-            store.drop_unsynced_snapshots_since("boot-b", booted).unwrap(),
+            store
+                .drop_unsynced_snapshots_since("boot-b", booted)
+                .unwrap(),
             1
         );
         assert!(!unsynced.exists());
@@ -359,7 +363,9 @@ mod tests {
         assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
         // Nothing more to do the next time.
         assert_eq!(
-            store.drop_unsynced_snapshots_since("boot-b", booted).unwrap(),
+            store
+                .drop_unsynced_snapshots_since("boot-b", booted)
+                .unwrap(),
             0
         );
     }

@@ -783,8 +783,7 @@ fn split_by_directory(files: &[DeferredFile], n: usize) -> Vec<&[DeferredFile]> 
     let mut parts = Vec::new();
     let mut start = 0;
     for index in 1..files.len() {
-        if index - start >= target && files[index].rel.parent() != files[index - 1].rel.parent()
-        {
+        if index - start >= target && files[index].rel.parent() != files[index - 1].rel.parent() {
             parts.push(&files[start..index]);
             start = index;
         }
@@ -818,8 +817,7 @@ fn write_direct_part(
             let upper_dir = open_dir_beneath(upper_root, parent).map_err(|err| {
                 io::Error::other(format!("{}: {err}", upper.join(parent).display()))
             })?;
-            let previous_dir =
-                previous_root.and_then(|root| open_dir_beneath(root, parent).ok());
+            let previous_dir = previous_root.and_then(|root| open_dir_beneath(root, parent).ok());
             current = Some((parent.to_path_buf(), upper_dir, previous_dir));
         }
         let (_, upper_dir, previous_dir) = current.as_ref().expect("just set");
@@ -1663,11 +1661,17 @@ mod tests {
         };
         assert_eq!(
             names(split_by_directory(&files, 2)),
-            vec![vec!["a/1", "a/2", "a/3", "b/1"], vec!["c/1", "c/2", "c/3", "c/4"]]
+            vec![
+                vec!["a/1", "a/2", "a/3", "b/1"],
+                vec!["c/1", "c/2", "c/3", "c/4"]
+            ]
         );
         assert_eq!(
             names(split_by_directory(&files, 3)),
-            vec![vec!["a/1", "a/2", "a/3"], vec!["b/1", "c/1", "c/2", "c/3", "c/4"]]
+            vec![
+                vec!["a/1", "a/2", "a/3"],
+                vec!["b/1", "c/1", "c/2", "c/3", "c/4"]
+            ]
         );
         assert_eq!(names(split_by_directory(&files, 1)).len(), 1);
         assert_eq!(names(split_by_directory(&files[..1], 4)), vec![vec!["a/1"]]);
