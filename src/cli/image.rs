@@ -51,6 +51,39 @@ fn render_template(template: &str, value: &serde_json::Value) -> anyhow::Result<
     Ok(out)
 }
 
+/// Prints `rows` as `docker images` and `docker history` do: only the IDs (`-q`), one JSON
+/// object per line (`--format json`), a Go template per row (`--format '{{.ID}}'`), or a
+/// table of `header` and each row's `cells`.
+fn print_rows(
+    rows: &[serde_json::Value],
+    quiet: bool,
+    format: &Option<String>,
+    header: &[&str],
+    cells: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> anyhow::Result<i32> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if quiet {
+        for row in rows {
+            writeln!(out, "{}", row["ID"].as_str().unwrap_or_default())?;
+        }
+    } else if wants_json(format) {
+        for row in rows {
+            writeln!(out, "{row}")?;
+        }
+    } else if let Some(template) = format.as_deref().filter(|f| *f != "table") {
+        for row in rows {
+            writeln!(out, "{}", render_template(template, row)?)?;
+        }
+    } else {
+        let mut table = vec![header.iter().map(|h| h.to_string()).collect()];
+        table.extend(rows.iter().map(&cells));
+        print_table(&mut out, &table)?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
 /// Prints rows as docker's tabwriter does: columns padded to the widest cell plus 3 spaces.
 fn print_table(out: &mut dyn Write, rows: &[Vec<String>]) -> std::io::Result<()> {
     let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -300,40 +333,18 @@ pub fn images(args: ImagesArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             }));
         }
     }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if args.quiet {
-        for row in &rows {
-            writeln!(out, "{}", row["ID"].as_str().unwrap_or_default())?;
-        }
-    } else if wants_json(&args.format) {
-        for row in &rows {
-            writeln!(out, "{row}")?;
-        }
-    } else if let Some(template) = args.format.as_deref().filter(|f| *f != "table") {
-        for row in &rows {
-            writeln!(out, "{}", render_template(template, row)?)?;
-        }
-    } else {
-        let mut table = vec![vec![
-            "REPOSITORY".to_string(),
-            "TAG".into(),
-            "IMAGE ID".into(),
-            "CREATED".into(),
-            "SIZE".into(),
-        ]];
-        for row in &rows {
-            table.push(
-                ["Repository", "Tag", "ID", "CreatedSince", "Size"]
-                    .iter()
-                    .map(|k| row[*k].as_str().unwrap_or_default().to_string())
-                    .collect(),
-            );
-        }
-        print_table(&mut out, &table)?;
-    }
-    out.flush()?;
-    Ok(0)
+    print_rows(
+        &rows,
+        args.quiet,
+        &args.format,
+        &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+        |row| {
+            ["Repository", "Tag", "ID", "CreatedSince", "Size"]
+                .iter()
+                .map(|k| row[*k].as_str().unwrap_or_default().to_string())
+                .collect()
+        },
+    )
 }
 
 /// Arguments of `kiln tag`.
@@ -563,45 +574,25 @@ pub fn history(args: HistoryArgs, global: &GlobalOpts) -> anyhow::Result<i32> {
             row["CreatedSince"] = row["CreatedAt"].clone();
         }
     }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if args.quiet {
-        for row in &rows {
-            writeln!(out, "{}", row["ID"].as_str().unwrap_or_default())?;
-        }
-    } else if wants_json(&args.format) {
-        for row in &rows {
-            writeln!(out, "{row}")?;
-        }
-    } else if let Some(template) = args.format.as_deref().filter(|f| *f != "table") {
-        for row in &rows {
-            writeln!(out, "{}", render_template(template, row)?)?;
-        }
-    } else {
-        let mut table = vec![vec![
-            "IMAGE".to_string(),
-            "CREATED".into(),
-            "CREATED BY".into(),
-            "SIZE".into(),
-            "COMMENT".into(),
-        ]];
-        for row in &rows {
+    print_rows(
+        &rows,
+        args.quiet,
+        &args.format,
+        &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        |row| {
             let mut created_by = row["CreatedBy"].as_str().unwrap_or_default().to_string();
             if !args.no_trunc && created_by.chars().count() > 45 {
                 created_by = created_by.chars().take(44).collect::<String>() + "…";
             }
-            table.push(vec![
+            vec![
                 row["ID"].as_str().unwrap_or_default().to_string(),
                 row["CreatedSince"].as_str().unwrap_or_default().to_string(),
                 created_by,
                 row["Size"].as_str().unwrap_or_default().to_string(),
                 row["Comment"].as_str().unwrap_or_default().to_string(),
-            ]);
-        }
-        print_table(&mut out, &table)?;
-    }
-    out.flush()?;
-    Ok(0)
+            ]
+        },
+    )
 }
 
 /// Arguments of `kiln save`.
