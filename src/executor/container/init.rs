@@ -79,6 +79,33 @@ pub fn init_main(spec_fd: i32) -> i32 {
     supervise(&mut Linux, &spec)
 }
 
+/// Whether the caller that started this helper is gone or going: it is no longer our parent,
+/// or the thread that started us is exiting. The second case matters when the caller is
+/// SIGKILLed: its threads exit one by one, the starting thread's exit sends our
+/// `PR_SET_PDEATHSIG`, and we may be reparented to another of its still-exiting threads, so
+/// `getppid` still names the caller. Taking that for a forwarded SIGTERM would end the
+/// container without anyone left to remove its state directory.
+fn caller_gone<K: Kernel>(kernel: &mut K, spec: &InitSpec) -> bool {
+    kernel.getppid().as_raw() != spec.parent_pid
+        || (spec.parent_tid > 0 && thread_exiting(spec.parent_pid, spec.parent_tid))
+}
+
+/// `PF_EXITING` (set as a thread starts to exit), a zombie or dead state, or no such thread.
+fn thread_exiting(pid: i32, tid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    let Some(rest) = stat.rfind(')').map(|end| &stat[end + 1..]) else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first().and_then(|s| s.chars().next());
+    let flags: u64 = fields.get(9 - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, Some('Z' | 'X' | 'x')) || flags & PF_EXITING != 0
+}
+
 fn remove_state_dir(spec: &InitSpec) {
     let _ = std::fs::remove_dir_all(&spec.state_dir);
 }
@@ -97,7 +124,7 @@ fn supervise<K: Kernel>(kernel: &mut K, spec: &InitSpec) -> i32 {
     if let Err(errno) = kernel.block_signals(&signals) {
         return early(SetupError::Signals(errno));
     }
-    if kernel.getppid().as_raw() != spec.parent_pid {
+    if caller_gone(kernel, spec) {
         remove_state_dir(spec);
         return EXIT_SETUP;
     }
@@ -126,7 +153,7 @@ fn supervise<K: Kernel>(kernel: &mut K, spec: &InitSpec) -> i32 {
             }
             continue;
         }
-        if kernel.getppid().as_raw() != spec.parent_pid {
+        if caller_gone(kernel, spec) {
             // The caller is gone: nothing of the container may outlive it.
             let _ = kernel.kill(pid1, libc::SIGKILL);
             loop {
@@ -235,6 +262,17 @@ fn workload<K: Kernel>(kernel: &mut K, spec: &InitSpec) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_callers_thread_counts_as_gone_once_it_exited() {
+        let pid = std::process::id() as i32;
+        assert!(!thread_exiting(pid, nix::unistd::gettid().as_raw()));
+        let tid = std::thread::spawn(|| nix::unistd::gettid().as_raw())
+            .join()
+            .unwrap();
+        assert!(thread_exiting(pid, tid));
+        assert!(thread_exiting(pid, i32::MAX));
+    }
 
     #[test]
     fn exit_codes_for_setup_failures() {

@@ -421,6 +421,11 @@ pub(crate) struct InitSpec {
     /// the container's own devpts (so `tty` and `ttyname` work inside).
     pub tty_socket_fd: Option<i32>,
     pub parent_pid: i32,
+    /// The caller's thread that started the helper (0: unknown). `PR_SET_PDEATHSIG` fires when
+    /// that thread exits; while the rest of a SIGKILLed caller is still going away, `getppid`
+    /// can still name the caller, so the helper also checks whether this thread is exiting.
+    #[serde(default)]
+    pub parent_tid: i32,
     pub status_fd: i32,
     /// Pid 1 writes the workload's exit code here (4 bytes, native endian) once every process
     /// of the container is dead, before its own (slow: namespace teardown) exit.
@@ -684,6 +689,7 @@ pub fn spawn(
         etc_files,
         tty_socket_fd: tty_sockets.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
         parent_pid: std::process::id() as i32,
+        parent_tid: nix::unistd::gettid().as_raw(),
         status_fd: status_write.as_raw_fd(),
         exit_fd: exit_write.as_raw_fd(),
     };

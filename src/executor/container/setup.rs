@@ -959,6 +959,7 @@ mod tests {
             etc_files: vec![("/etc/hosts".into(), "/state/etc/hosts".into())],
             tty_socket_fd: None,
             parent_pid: 1,
+            parent_tid: 0,
             status_fd: 9,
             exit_fd: 10,
         }
