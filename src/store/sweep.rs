@@ -48,12 +48,18 @@ pub enum Liveness {
     Unknown,
 }
 
-/// State letter and start time (field 3 and field 22) of `/proc/<pid>/stat`.
-fn proc_stat(pid: &str) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The fields of a `/proc/.../stat` file from field 3 (the state letter) on: index `n - 3`
+/// is field `n` of proc(5). `None` when the file cannot be read (no such process or thread).
+pub(crate) fn proc_stat_fields(path: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// State letter and start time (field 3 and field 22) of `/proc/<pid>/stat`.
+fn proc_stat(pid: &str) -> Option<(char, u64)> {
+    let fields = proc_stat_fields(&format!("/proc/{pid}/stat"))?;
     let state = fields.first()?.chars().next()?;
     let start = fields.get(22 - 3)?.parse().ok()?;
     Some((state, start))

@@ -584,7 +584,7 @@ fn run_node_inner(
     let history_entry = node.history.clone();
 
     if !shared.options.no_cache && !shared.graph.no_cache {
-        let mut hit = record::load(store, &key).filter(|r| record_usable(store, r));
+        let mut hit = usable_record(store, &key);
         if hit.is_none() {
             if let Some(remote) = shared.inputs.remote_cache {
                 hit = remote_hit(shared, remote, &key, step);
@@ -722,7 +722,7 @@ fn plan_lazy(shared: &Shared<'_>) -> Result<LazyPlan, BuildError> {
     }
     let hits = |id: NodeId| -> bool {
         let key = &keys[&id];
-        if record::load(shared.store, key).is_some_and(|r| record_usable(shared.store, &r)) {
+        if usable_record(shared.store, key).is_some() {
             return true;
         }
         match shared.inputs.remote_cache {
@@ -748,8 +748,7 @@ fn plan_lazy(shared: &Shared<'_>) -> Result<LazyPlan, BuildError> {
             continue;
         }
         let key = keys.remove(&id).expect("every node has a key");
-        let has_record = record::load(shared.store, &key)
-            .is_some_and(|r| record_usable(shared.store, &r))
+        let has_record = usable_record(shared.store, &key).is_some()
             || shared
                 .inputs
                 .remote_cache
@@ -809,13 +808,14 @@ fn chain_ids(state: &NodeState) -> Result<Vec<Digest>, BuildError> {
     Ok(crate::store::image::chain_ids(&diff_ids))
 }
 
-/// A record is usable when its layer blob is in the store; a missing snapshot (pruned, or a
-/// hit imported from a remote cache) is unpacked from the blob when a step needs it.
-fn record_usable(store: &Store, record: &CacheRecord) -> bool {
-    match &record.layer {
+/// The local record of `key` if it is usable: its layer blob is in the store (a missing
+/// snapshot, pruned or imported from a remote cache, is unpacked from the blob when a step
+/// needs it).
+fn usable_record(store: &Store, key: &CacheKey) -> Option<CacheRecord> {
+    record::load(store, key).filter(|record| match &record.layer {
         None => true,
         Some(layer) => store.has_blob(&layer.digest),
-    }
+    })
 }
 
 /// The snapshot dirs of a state's root file system, bottom first.

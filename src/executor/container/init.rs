@@ -93,14 +93,11 @@ fn caller_gone<K: Kernel>(kernel: &mut K, spec: &InitSpec) -> bool {
 /// `PF_EXITING` (set as a thread starts to exit), a zombie or dead state, or no such thread.
 fn thread_exiting(pid: i32, tid: i32) -> bool {
     const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+    let Some(fields) =
+        crate::store::sweep::proc_stat_fields(&format!("/proc/{pid}/task/{tid}/stat"))
+    else {
         return true;
     };
-    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-    let Some(rest) = stat.rfind(')').map(|end| &stat[end + 1..]) else {
-        return false;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = fields.first().and_then(|s| s.chars().next());
     let flags: u64 = fields.get(9 - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
     matches!(state, Some('Z' | 'X' | 'x')) || flags & PF_EXITING != 0
