@@ -8,20 +8,24 @@
 //!
 //! - [`commit::write_layer`] walks an upper directory once and streams
 //!   tar -> sha256 (diff ID) -> compressor -> sha256 (digest) -> the caller's writer.
+//! - zstd blobs are runs of independent frames ([`frames`]), so a commit of a tree that
+//!   changed in one place can copy the other frames from the previous blob of the same step.
 //! - [`apply::apply_layer`] applies an uncompressed layer tar onto a directory, refusing any
 //!   entry that would escape it, turning whiteouts into overlay whiteouts or deletions.
 
 pub mod apply;
 pub mod commit;
+pub mod frames;
 pub(crate) mod tar_format;
 pub mod whiteout;
 pub(crate) mod xattr;
 
 pub use apply::{apply_layer, ApplyStats, WhiteoutMode};
 pub use commit::{
-    write_layer, write_layer_stream, write_tar, CommitOptions, CommittedLayer, Compression,
-    LayerStream, TarLayer, DEFAULT_ZSTD_LEVEL,
+    write_layer, write_layer_frames, write_layer_stream, write_tar, CommitOptions, CommittedLayer,
+    Compression, LayerStream, TarLayer, DEFAULT_ZSTD_LEVEL,
 };
+pub use frames::{FrameIndex, FramedStream, Reuse};
 
 use std::io;
 use std::path::PathBuf;
@@ -56,6 +60,11 @@ pub enum LayerError {
     InvalidExclude { path: PathBuf, reason: &'static str },
     #[error("failed to write the layer stream")]
     WriteLayer(#[source] io::Error),
+    #[error("failed to copy frames of the previous layer blob")]
+    ReadPrevious {
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to finish the {compression} compressor")]
     FinishCompression {
         compression: &'static str,

@@ -55,6 +55,48 @@ impl ContentSink for Vec<u8> {
     }
 }
 
+/// The PAX records `member`'s header needs (what ustar cannot hold), sorted by key.
+fn pax_records(member: &Member) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if ustar_split(&member.name).is_none() {
+        records.push((b"path".to_vec(), member.name.clone()));
+    }
+    if let Some(link_name) = member.link_name.as_ref().filter(|link| link.len() > 100) {
+        records.push((b"linkpath".to_vec(), link_name.clone()));
+    }
+    for (key, value) in [("uid", member.uid), ("gid", member.gid)] {
+        if value > MAX_OCTAL_7 {
+            records.push((key.as_bytes().to_vec(), value.to_string().into_bytes()));
+        }
+    }
+    if member.mtime < 0 || member.mtime as u64 > MAX_OCTAL_11 {
+        records.push((b"mtime".to_vec(), member.mtime.to_string().into_bytes()));
+    }
+    if member.size > MAX_OCTAL_11 {
+        records.push((b"size".to_vec(), member.size.to_string().into_bytes()));
+    }
+    for (name, value) in &member.xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(name);
+        records.push((key, value.clone()));
+    }
+    records.sort();
+    records
+}
+
+/// The bytes [`TarWriter::write_header`] writes for `member`, without making them.
+pub(crate) fn header_size(member: &Member) -> u64 {
+    let records = pax_records(member);
+    if records.is_empty() {
+        return BLOCK as u64;
+    }
+    let body: u64 = records
+        .iter()
+        .map(|(key, value)| pax_record(key, value).len() as u64)
+        .sum();
+    2 * BLOCK as u64 + body + padding(body) as u64
+}
+
 /// One `"<len> key=value\n"` PAX record; the length counts itself.
 fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     let base = key.len() + value.len() + 3;
@@ -83,7 +125,7 @@ fn ustar_split(name: &[u8]) -> Option<(&[u8], &[u8])> {
         .find(|(prefix, rest)| prefix.len() <= 155 && rest.len() <= 100 && !rest.is_empty())
 }
 
-fn padding(size: u64) -> usize {
+pub(crate) fn padding(size: u64) -> usize {
     (BLOCK - (size % BLOCK as u64) as usize) % BLOCK
 }
 
@@ -94,7 +136,6 @@ impl<W: Write> TarWriter<W> {
 
     /// Writes `member`'s header (and a PAX header before it when needed).
     pub(crate) fn write_header(&mut self, member: &Member) -> io::Result<()> {
-        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut header = tar::Header::new_ustar();
         match ustar_split(&member.name) {
             Some((prefix, name)) => {
@@ -103,7 +144,6 @@ impl<W: Write> TarWriter<W> {
                 ustar.name[..name.len()].copy_from_slice(name);
             }
             None => {
-                records.push((b"path".to_vec(), member.name.clone()));
                 let ustar = header.as_ustar_mut().expect("ustar header");
                 ustar.name.copy_from_slice(&member.name[..100]);
             }
@@ -112,50 +152,35 @@ impl<W: Write> TarWriter<W> {
             if link_name.len() <= 100 {
                 header.as_ustar_mut().expect("ustar header").linkname[..link_name.len()]
                     .copy_from_slice(link_name);
-            } else {
-                records.push((b"linkpath".to_vec(), link_name.clone()));
             }
         }
         header.set_entry_type(member.kind);
         header.set_mode(member.mode & 0o7777);
-        for (key, value, setter) in [
-            (
-                "uid",
-                member.uid,
-                tar::Header::set_uid as fn(&mut tar::Header, u64),
-            ),
-            ("gid", member.gid, tar::Header::set_gid),
-        ] {
-            if value > MAX_OCTAL_7 {
-                records.push((key.as_bytes().to_vec(), value.to_string().into_bytes()));
-                setter(&mut header, 0);
-            } else {
-                setter(&mut header, value);
-            }
-        }
+        // Values ustar cannot hold are 0 here and given by a PAX record (`pax_records`).
+        header.set_uid(if member.uid > MAX_OCTAL_7 {
+            0
+        } else {
+            member.uid
+        });
+        header.set_gid(if member.gid > MAX_OCTAL_7 {
+            0
+        } else {
+            member.gid
+        });
         if member.mtime < 0 || member.mtime as u64 > MAX_OCTAL_11 {
-            records.push((b"mtime".to_vec(), member.mtime.to_string().into_bytes()));
             header.set_mtime(0);
         } else {
             header.set_mtime(member.mtime as u64);
-        }
-        if member.size > MAX_OCTAL_11 {
-            records.push((b"size".to_vec(), member.size.to_string().into_bytes()));
         }
         header.set_size(member.size);
         if let Some((major, minor)) = member.device {
             header.set_device_major(major)?;
             header.set_device_minor(minor)?;
         }
-        for (name, value) in &member.xattrs {
-            let mut key = b"SCHILY.xattr.".to_vec();
-            key.extend_from_slice(name);
-            records.push((key, value.clone()));
-        }
         header.set_cksum();
 
+        let records = pax_records(member);
         if !records.is_empty() {
-            records.sort();
             let body: Vec<u8> = records
                 .iter()
                 .flat_map(|(key, value)| pax_record(key, value))
@@ -210,6 +235,11 @@ impl<W: Write> TarWriter<W> {
         }
         self.out.write_all(&[0u8; BLOCK][..padding(size)])?;
         Ok(Ok(()))
+    }
+
+    /// The writer, without ending the archive.
+    pub(crate) fn into_inner(self) -> W {
+        self.out
     }
 
     /// Writes the two zero blocks that end an archive and returns the writer.
@@ -278,6 +308,28 @@ mod tests {
         let mut writer = TarWriter::new(Vec::new());
         assert_eq!(writer.write_content(&mut &b"ab"[..], 3).unwrap(), Err(2));
         assert_eq!(writer.write_content(&mut &b"abcd"[..], 3).unwrap(), Err(4));
+    }
+
+    #[test]
+    fn header_size_is_what_write_header_writes() {
+        let long = "d/".repeat(120) + "f";
+        let mut members = vec![member("plain"), member(&long)];
+        let mut big = member("big");
+        big.uid = 1 << 40;
+        big.mtime = -5;
+        big.size = 1 << 40;
+        big.link_name = Some(vec![b'l'; 150]);
+        big.xattrs = vec![(b"user.x".to_vec(), vec![7u8; 600])];
+        members.push(big);
+        let mut bare = member("bare");
+        bare.xattrs.clear();
+        members.push(bare);
+        for member in members {
+            let mut writer = TarWriter::new(Vec::new());
+            writer.write_header(&member).unwrap();
+            let written = writer.into_inner().len() as u64;
+            assert_eq!(header_size(&member), written, "{:?}", member.name);
+        }
     }
 
     #[test]

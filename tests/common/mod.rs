@@ -201,3 +201,17 @@ pub fn temp_root() -> tempfile::TempDir {
         .expect("create temp root")
 }
 pub mod build;
+
+/// `len` bytes that zstd cannot shrink much (a xorshift stream from `seed`), so a few files
+/// make a layer of several zstd frames.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
