@@ -1,11 +1,13 @@
 //! Issue 5 (bench case big-context): a COPY whose previous run left a snapshot hard-links the
-//! files that did not change from that snapshot instead of copying them again, and the layer
-//! it commits is still exactly what a copy from scratch gives.
+//! files that did not change from that snapshot instead of copying them again, and copies the
+//! unchanged frames of that run's layer blob; the layer it commits is still exactly what a copy
+//! from scratch gives, byte for byte. Directories and symlinks keep their mtimes, so a COPY of
+//! the same tree is the same layer whenever it is built.
 
 mod common;
 
 use common::build::{build, context, flatten, image, read, store_with_base};
-use common::{kiln, run_ok};
+use common::{kiln, noise, run_ok};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,25 @@ fn copy_layer(root: &Path, name: &str) -> Vec<Entry> {
         ));
     }
     entries
+}
+
+/// The digest of `name`'s COPY layer blob.
+fn copy_blob(root: &Path, name: &str) -> kiln::digest::Digest {
+    let digests = image(root, name).layer_digests().unwrap();
+    digests[digests.len() - 2].clone()
+}
+
+/// Sets the mtime (and atime) of `path` itself, never of what a symlink points to.
+fn set_mtime(path: &Path, seconds: i64) {
+    let time = nix::sys::time::TimeSpec::new(seconds, 0);
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &time,
+        &time,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
 }
 
 fn ino(path: &Path) -> u64 {
@@ -110,6 +131,10 @@ fn issue5_a_rebuilt_copy_links_unchanged_files_and_gives_the_cold_layer() {
         "no tar hard links: {linked:?}"
     );
     assert_eq!(linked, copy_layer(root.path(), "t:cold"));
+    assert_eq!(
+        copy_blob(root.path(), "t:1"),
+        copy_blob(root.path(), "t:cold")
+    );
 
     // prune keeps the note of a snapshot in use, and removes it with the snapshot.
     run_ok(kiln(root.path()).args(["rmi", &first_id]));
@@ -121,4 +146,92 @@ fn issue5_a_rebuilt_copy_links_unchanged_files_and_gives_the_cold_layer() {
     run_ok(kiln(root.path()).arg("prune"));
     assert!(!second.exists());
     assert_eq!(notes(root.path()), 0);
+}
+
+#[test]
+fn issue5_a_copy_keeps_directory_mtimes_and_gives_the_same_layer_every_time() {
+    let root = store_with_base();
+    let dir = context(&[
+        ("Dockerfile", DOCKERFILE),
+        ("a.txt", "a1\n"),
+        ("d/c.txt", "c\n"),
+        ("d/e/deep.txt", "deep\n"),
+    ]);
+    // Enough bytes for a layer of several zstd frames (about 1 MiB each).
+    std::fs::create_dir(dir.path().join("bulk")).unwrap();
+    for n in 0..40u64 {
+        let path = dir.path().join(format!("bulk/f{n:02}.txt"));
+        std::fs::write(path, noise(n, 100_000)).unwrap();
+    }
+    std::os::unix::fs::symlink("d/c.txt", dir.path().join("link")).unwrap();
+    let times = [
+        ("link", 1_500_000_100),
+        ("d/e/deep.txt", 1_500_000_200),
+        ("d/e", 1_500_000_300),
+        ("d", 1_500_000_400),
+        ("bulk", 1_500_000_500),
+        ("", 1_500_000_600),
+    ];
+    for (path, seconds) in times {
+        set_mtime(&dir.path().join(path), seconds);
+    }
+
+    build(root.path(), dir.path(), &["-t", "t:1"]);
+    build(root.path(), dir.path(), &["-t", "t:again", "--no-cache"]);
+    // Same tree, same layer: nothing in it is stamped with the time of the build.
+    assert_eq!(
+        copy_blob(root.path(), "t:1"),
+        copy_blob(root.path(), "t:again")
+    );
+
+    let store = kiln::store::Store::open(root.path()).unwrap();
+    let reader = store
+        .read_layer_uncompressed(&copy_blob(root.path(), "t:1"))
+        .unwrap();
+    let mut archive = tar::Archive::new(reader);
+    let mut mtimes = std::collections::HashMap::new();
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        mtimes.insert(name, entry.header().mtime().unwrap() as i64);
+    }
+    for (path, expected) in [
+        ("app/", 1_500_000_600),
+        ("app/d/", 1_500_000_400),
+        ("app/d/e/", 1_500_000_300),
+        ("app/d/e/deep.txt", 1_500_000_200),
+        ("app/bulk/", 1_500_000_500),
+        ("app/link", 1_500_000_100),
+    ] {
+        assert_eq!(mtimes.get(path), Some(&expected), "{path}: {mtimes:?}");
+    }
+
+    // A change in one file: the rebuilt layer (hard links, frames copied from the last run's
+    // blob) is the layer a build from scratch makes.
+    let note = |root: &Path| -> serde_json::Value {
+        let dir = root.join("cache/copies");
+        let entry = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap();
+        serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap()
+    };
+    let frames = note(root.path())["layer"]["frames"]["frames"]
+        .as_array()
+        .expect("the note keeps the blob's frames")
+        .len();
+    assert!(frames >= 3, "{frames} frames");
+    std::fs::write(dir.path().join("bulk/f20.txt"), noise(99, 100_001)).unwrap();
+    set_mtime(&dir.path().join("bulk"), 1_500_000_500);
+    build(root.path(), dir.path(), &["-t", "t:1"]);
+    build(root.path(), dir.path(), &["-t", "t:cold", "--no-cache"]);
+    assert_ne!(
+        copy_blob(root.path(), "t:1"),
+        copy_blob(root.path(), "t:again")
+    );
+    assert_eq!(
+        copy_blob(root.path(), "t:1"),
+        copy_blob(root.path(), "t:cold")
+    );
+    assert!(
+        std::fs::read(flatten(root.path(), "t:1").path().join("app/bulk/f20.txt")).unwrap()
+            == noise(99, 100_001)
+    );
 }

@@ -223,6 +223,9 @@ pub struct Root {
     pub matched: PathBuf,
     /// For a file: one item with `rel == ""`; for a directory: its entries (not itself).
     pub items: Vec<Item>,
+    /// For a directory: its own mtime, which the destination directory gets (as `rsync -a
+    /// src/ dst/` does); `None` leaves the destination's mtime to the copy.
+    pub mtime_ns: Option<i64>,
     /// ADD: extract this file into the destination when it is a tar archive.
     pub extract: bool,
 }
@@ -239,7 +242,40 @@ pub struct CopySpec {
 
 /// Copies `roots` into the root file system at `root` with Docker's destination rules.
 pub fn copy_roots(root: &Path, roots: &[Root], spec: &CopySpec) -> io::Result<()> {
-    copy_roots_into(root, roots, spec, None)
+    let times = copy_roots_into(root, roots, spec, None)?;
+    set_dir_times(Path::new(""), &times)
+}
+
+/// Gives each directory or symlink (`base`/path) its mtime (and the same atime); never
+/// follows a symlink at the last component. A directory that is not there (nothing was
+/// written into it, so it was not copied up) is left alone.
+///
+/// Directories and symlinks copied from a source directory keep their mtimes, as files keep
+/// theirs, and as the classic builder and `rsync -a src/ dst/` do; the destination directory
+/// of a directory source takes that directory's mtime. BuildKit stamps directories with the
+/// time of the build instead. Kept, they make a COPY of the same tree the same layer, byte
+/// for byte, whenever it is built, and let the next commit of that COPY tell its unchanged
+/// parts by their metadata ([`crate::layer::frames`]).
+pub fn set_dir_times(base: &Path, times: &[(PathBuf, i64)]) -> io::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    for (path, mtime_ns) in times {
+        let time = TimeSpec::new(
+            mtime_ns.div_euclid(1_000_000_000),
+            mtime_ns.rem_euclid(1_000_000_000),
+        );
+        let target = base.join(path);
+        match utimensat(None, &target, &time, &time, UtimensatFlags::NoFollowSymlink) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(io::Error::other(format!(
+                    "set the mtime of {}: {errno}",
+                    target.display()
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first half of a direct copy: does in `root` (an overlay's merged view, or a plain
@@ -255,14 +291,10 @@ pub fn copy_roots(root: &Path, roots: &[Root], spec: &CopySpec) -> io::Result<()
 /// dir holds it with the lower layer's metadata, as a create through the overlay would. A copy
 /// whose roots could touch one path twice (or ADD extracting an archive) is done entirely
 /// through `root` and returns no file.
-pub fn copy_roots_direct(
-    root: &Path,
-    roots: &[Root],
-    spec: &CopySpec,
-) -> io::Result<Vec<DeferredFile>> {
+pub fn copy_roots_direct(root: &Path, roots: &[Root], spec: &CopySpec) -> io::Result<DirectFiles> {
     if !direct_possible(roots) {
         copy_roots(root, roots, spec)?;
-        return Ok(Vec::new());
+        return Ok(DirectFiles::default());
     }
     let mut direct = DirectCopy {
         root: root.to_path_buf(),
@@ -270,8 +302,15 @@ pub fn copy_roots_direct(
         in_upper: HashSet::new(),
         files: Vec::new(),
     };
-    copy_roots_into(root, roots, spec, Some(&mut direct))?;
-    Ok(direct.files)
+    let times = copy_roots_into(root, roots, spec, Some(&mut direct))?;
+    let dir_times = times
+        .into_iter()
+        .filter_map(|(path, time)| Some((path.strip_prefix(root).ok()?.to_path_buf(), time)))
+        .collect();
+    Ok(DirectFiles {
+        files: direct.files,
+        dir_times,
+    })
 }
 
 /// A direct copy is possible when no two items land on the same path (the order of the writes
@@ -313,6 +352,15 @@ struct DirectCopy {
     files: Vec<DeferredFile>,
 }
 
+/// What the first half of a direct copy leaves to the second.
+#[derive(Debug, Default)]
+pub struct DirectFiles {
+    pub files: Vec<DeferredFile>,
+    /// Directories and symlinks (relative to the root) to give these mtimes once the files
+    /// are in.
+    pub dir_times: Vec<(PathBuf, i64)>,
+}
+
 impl DirectCopy {
     fn made_dir(&mut self, host: &Path) {
         self.fresh.insert(host.to_path_buf());
@@ -348,18 +396,32 @@ impl DirectCopy {
     }
 }
 
+/// Returns the directories and symlinks (paths in `root`) to give the mtimes of the source
+/// entries they were copied from, once everything is written into them ([`set_dir_times`]).
 fn copy_roots_into(
     root: &Path,
     roots: &[Root],
     spec: &CopySpec,
     mut direct: Option<&mut DirectCopy>,
-) -> io::Result<()> {
+) -> io::Result<Vec<(PathBuf, i64)>> {
     let owner_dirs = spec.owner.unwrap_or((0, 0));
     let dest_is_dir = spec.dest.ends_with('/') || roots.len() > 1;
+    let mut times = Vec::new();
     for selected in roots {
         if selected.is_dir {
             let dest_dir = mkdir_all_tracked(root, &spec.dest, owner_dirs, direct.as_deref_mut())?;
             write_items(&dest_dir, &selected.items, spec, direct.as_deref_mut())?;
+            if let Some(mtime_ns) = selected.mtime_ns {
+                times.push((dest_dir.clone(), mtime_ns));
+            }
+            for item in &selected.items {
+                let kept = matches!(item.kind, ItemKind::Dir | ItemKind::Symlink { .. });
+                if let (true, Some(mtime_ns), false) =
+                    (kept, item.mtime_ns, item.rel.as_os_str().is_empty())
+                {
+                    times.push((dest_dir.join(&item.rel), mtime_ns));
+                }
+            }
             continue;
         }
         let item = selected
@@ -399,7 +461,7 @@ fn copy_roots_into(
         };
         put_item(&target_host, item, spec, direct.as_deref_mut())?;
     }
-    Ok(())
+    Ok(times)
 }
 
 /// Opens `path` as a tar archive (plain, gzip or zstd); `None` when it is not one.
@@ -909,12 +971,16 @@ pub fn select_in_root(root: &Path, path: &str) -> io::Result<Vec<Root>> {
                     .to_path_buf();
                 items.push(item_of(entry.path(), rel)?);
             }
+            let mtime_ns = fs::symlink_metadata(&host)
+                .ok()
+                .map(|meta| meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
             roots.push(Root {
                 is_dir: true,
                 name,
                 matched: PathBuf::from(matched.trim_start_matches('/')),
                 items,
                 extract: false,
+                mtime_ns,
             });
         } else {
             roots.push(Root {
@@ -923,6 +989,7 @@ pub fn select_in_root(root: &Path, path: &str) -> io::Result<Vec<Root>> {
                 matched: PathBuf::from(matched.trim_start_matches('/')),
                 items: vec![item_of(&host, PathBuf::new())?],
                 extract: false,
+                mtime_ns: None,
             });
         }
     }
@@ -1210,6 +1277,7 @@ pub fn reshape(
             matched: PathBuf::new(),
             items,
             extract: false,
+            mtime_ns: None,
         });
     }
     shaped
@@ -1283,6 +1351,7 @@ mod tests {
                 mtime_ns: None,
             }],
             extract: false,
+            mtime_ns: None,
         }
     }
 
@@ -1331,6 +1400,7 @@ mod tests {
                 item("src", ItemKind::Dir),
             ],
             extract: false,
+            mtime_ns: None,
         };
         let exclude = crate::context::Matcher::new(&["docs", "!docs/keep.md"]).unwrap();
         let shaped = reshape(
@@ -1479,14 +1549,16 @@ mod tests {
         }
         let known = with_private_mounts(|| {
             mount_overlay(lowers, &upper, &work, &merged)?;
-            let files = if direct {
+            let direct_files = if direct {
                 copy_roots_direct(&merged, roots, spec)?
             } else {
                 copy_roots(&merged, roots, spec)?;
-                Vec::new()
+                DirectFiles::default()
             };
             nix::mount::umount(&merged).map_err(io::Error::from)?;
-            write_direct(&upper, &files, spec, previous)
+            let known = write_direct(&upper, &direct_files.files, spec, previous)?;
+            set_dir_times(&upper, &direct_files.dir_times)?;
+            Ok(known)
         })
         .unwrap();
         (upper, known)
@@ -1537,6 +1609,7 @@ mod tests {
             matched: PathBuf::new(),
             items,
             extract: false,
+            mtime_ns: None,
         };
         let file_root = |item: Item| Root {
             is_dir: false,
@@ -1547,6 +1620,7 @@ mod tests {
                 ..item
             }],
             extract: false,
+            mtime_ns: None,
         };
         let symlink = Item {
             rel: "sub/ln".into(),
@@ -1696,6 +1770,7 @@ mod tests {
             matched: PathBuf::new(),
             items,
             extract: false,
+            mtime_ns: None,
         };
         let first = vec![root_of(vec![
             dir_item("d", 0o755),

@@ -49,7 +49,7 @@ use crate::executor::container::{
     self, BindMount, CommandLine, ContainerError, ContainerIo, ContainerSpec, ExtraMount,
     NetworkMode, OutputSink, Rootfs, StorageDriver,
 };
-use crate::layer::{write_layer_stream, CommitOptions, LayerError};
+use crate::layer::{write_layer_frames, LayerError, DEFAULT_ZSTD_LEVEL};
 use crate::planner::{
     BuildGraph, CacheKeyError, ConfigChange, CopyOp, CopySource, ExecOp, Network, Node, NodeId, Op,
     SourceOp,
@@ -863,6 +863,18 @@ fn commit(
     changes: &Path,
     step: &str,
 ) -> Result<Option<LayerRef>, BuildError> {
+    Ok(commit_reusing(store, parent, changes, step, None)?.map(|(layer, _)| layer))
+}
+
+/// [`commit`], copying frames of the previous blob of the same step where `reuse` allows;
+/// also gives the new blob's frame index.
+fn commit_reusing(
+    store: &Store,
+    parent: &NodeState,
+    changes: &Path,
+    step: &str,
+    reuse: Option<&crate::layer::Reuse>,
+) -> Result<Option<(LayerRef, crate::layer::FrameIndex)>, BuildError> {
     let io_error = |what: String| move |source| BuildError::Io { what, source };
     let empty = std::fs::read_dir(changes)
         .map_err(io_error(format!("{step}: read {}", changes.display())))?
@@ -882,21 +894,22 @@ fn commit(
     let mut blob = store
         .blob_writer_uncached()
         .map_err(store_error("open layer blob"))?;
-    let stream =
-        write_layer_stream(changes, &mut blob, CommitOptions::default()).map_err(|source| {
-            BuildError::Commit {
-                step: step.to_string(),
-                source,
-            }
-        })?;
+    let stream = write_layer_frames(changes, &mut blob, DEFAULT_ZSTD_LEVEL, &[], reuse).map_err(
+        |source| BuildError::Commit {
+            step: step.to_string(),
+            source,
+        },
+    )?;
     let stored = blob.commit(None).map_err(store_error("store layer blob"))?;
     let layer = LayerRef {
         digest: stored.digest,
         diff_id: stream.diff_id,
         size: stored.size,
-        media_type: crate::layer::Compression::Zstd { level: 3 }
-            .media_type()
-            .to_string(),
+        media_type: crate::layer::Compression::Zstd {
+            level: DEFAULT_ZSTD_LEVEL,
+        }
+        .media_type()
+        .to_string(),
     };
     let mut with = parent.clone();
     with.layers.push(layer.clone());
@@ -926,7 +939,7 @@ fn commit(
             }
         }
     }
-    Ok(Some(layer))
+    Ok(Some((layer, stream.index)))
 }
 
 /// Copies a step's output to the progress sink and keeps its tail for the error message.
@@ -1201,8 +1214,17 @@ fn prepare_copy(
                         mtime_ns: Some(entry.mtime_ns),
                     };
                     if root.is_dir() {
+                        // The context root has no entry of its own: its mtime is read here.
+                        let mtime_ns = match root.entry {
+                            Some(entry) => Some(entry.mtime_ns),
+                            None => std::fs::metadata(context.root()).ok().map(|meta| {
+                                use std::os::unix::fs::MetadataExt;
+                                meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+                            }),
+                        };
                         selected.push(Root {
                             is_dir: true,
+                            mtime_ns,
                             name: root.name().map(|n| n.to_os_string()).unwrap_or_default(),
                             matched: root.matched.clone(),
                             items: root
@@ -1222,6 +1244,7 @@ fn prepare_copy(
                             matched: root.matched.clone(),
                             items: vec![item_of(entry, PathBuf::new())],
                             extract: *extract_archive,
+                            mtime_ns: None,
                         });
                     }
                 }
@@ -1258,6 +1281,7 @@ fn prepare_copy(
                     .map_err(io_error(format!("{step}: write heredoc {name}")))?;
                 roots.push(Some(vec![Root {
                     is_dir: false,
+                    mtime_ns: None,
                     name: name.into(),
                     matched: PathBuf::from(name),
                     items: vec![Item {
@@ -1295,6 +1319,7 @@ fn prepare_copy(
                 let name = url_file_name(url);
                 roots.push(Some(vec![Root {
                     is_dir: false,
+                    mtime_ns: None,
                     matched: PathBuf::from(&name),
                     name: name.into(),
                     items: vec![Item {
@@ -1446,9 +1471,11 @@ fn run_copy(
     let dest = copy_op.dest.clone();
     let chown = copy_op.chown.clone();
     let sources = copy_op.sources.clone();
-    let previous = lineage
+    let (previous, previous_layer) = lineage
         .filter(|_| !shared.options.no_cache && !shared.graph.no_cache)
-        .and_then(|lineage| previous_copy(store, lineage));
+        .and_then(|lineage| previous_copy(store, lineage))
+        .map_or((None, None), |(files, layer)| (Some(files), layer));
+
     let first_half = move |target: &Path, scratch: &Path| {
         let owner = match &chown {
             Some(chown) => Some(resolve_owner(target, chown)?),
@@ -1502,36 +1529,58 @@ fn run_copy(
         let files = copy::copy_roots_direct(target, &roots, &spec)?;
         Ok((files, spec))
     };
-    let second_half = |upper: &Path, (files, spec): (Vec<copy::DeferredFile>, copy::CopySpec)| {
-        copy::write_direct(upper, &files, &spec, previous.as_ref())
+    let second_half = |upper: &Path, (direct, spec): (copy::DirectFiles, copy::CopySpec)| {
+        let known = copy::write_direct(upper, &direct.files, &spec, previous.as_ref())?;
+        copy::set_dir_times(upper, &direct.dir_times)?;
+        Ok(known)
     };
     let (upper, state_dir, known) =
         in_overlay_then_upper(store, &lowers, step, first_half, second_half)?;
-    let result = commit(store, parent, &upper, step);
+    // The digests of the copied files let the commit tell unchanged segments of the layer
+    // without reading them, and copy their frames from the previous run's blob.
+    let reuse = crate::layer::Reuse {
+        digests: known
+            .iter()
+            .map(|(path, digest)| (path.clone(), digest.clone()))
+            .collect(),
+        previous: previous_layer,
+    };
+    let result = commit_reusing(store, parent, &upper, step, Some(&reuse));
     let _ = remove_all(&state_dir);
-    if let (Ok(Some(layer)), Some(lineage)) = (&result, lineage) {
+    if let (Ok(Some((layer, frames))), Some(lineage)) = (&result, lineage) {
         if !known.is_empty() {
-            save_previous_copy(store, parent, layer, lineage, known);
+            save_previous_copy(store, parent, layer, frames, lineage, known);
         }
     }
-    result
+    result.map(|committed| committed.map(|(layer, _)| layer))
 }
 
-/// The files the last run of this COPY left in a snapshot that is still there.
-fn previous_copy(store: &Store, lineage: &CacheKey) -> Option<copy::PreviousCopy> {
+/// The files the last run of this COPY left in a snapshot that is still there, and the blob
+/// it committed with that blob's frames.
+fn previous_copy(
+    store: &Store,
+    lineage: &CacheKey,
+) -> Option<(
+    copy::PreviousCopy,
+    Option<(crate::layer::FrameIndex, PathBuf)>,
+)> {
     let note = record::load_copy_note(store, lineage)?;
     let snapshot = store.snapshot_path(&note.snapshot);
     if !snapshot.is_dir() {
         return None;
     }
-    Some(copy::PreviousCopy {
+    let layer = note
+        .layer
+        .map(|layer| (layer.frames, store.blob_path(&layer.blob)));
+    let files = copy::PreviousCopy {
         snapshot,
         files: note
             .files
             .into_iter()
             .map(|(path, digest)| (PathBuf::from(path), digest))
             .collect(),
-    })
+    };
+    Some((files, layer))
 }
 
 /// Notes which files this COPY wrote into the snapshot of `parent` + `layer`. Best effort: a
@@ -1540,6 +1589,7 @@ fn save_previous_copy(
     store: &Store,
     parent: &NodeState,
     layer: &LayerRef,
+    frames: &crate::layer::FrameIndex,
     lineage: &CacheKey,
     known: BTreeMap<PathBuf, Digest>,
 ) {
@@ -1554,6 +1604,10 @@ fn save_previous_copy(
             .into_iter()
             .filter_map(|(path, digest)| Some((path.into_os_string().into_string().ok()?, digest)))
             .collect(),
+        layer: Some(record::NotedLayer {
+            blob: layer.digest.clone(),
+            frames: frames.clone(),
+        }),
     };
     let _ = record::save_copy_note(store, lineage, &note);
 }

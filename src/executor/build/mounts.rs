@@ -634,6 +634,7 @@ fn context_view(
                 matched: PathBuf::new(),
                 items,
                 extract: false,
+                mtime_ns: None,
             }],
             &copy::CopySpec {
                 dest: "/".into(),

@@ -106,6 +106,17 @@ pub fn load_build_note(store: &Store, image_id: &Digest) -> Option<Vec<bool>> {
 pub struct CopyNote {
     pub snapshot: Digest,
     pub files: std::collections::BTreeMap<String, Digest>,
+    /// The layer blob that run committed and its frames, whose unchanged ones the next run
+    /// copies instead of compressing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<NotedLayer>,
+}
+
+/// A committed blob and its frame index ([`crate::layer::frames`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotedLayer {
+    pub blob: Digest,
+    pub frames: crate::layer::FrameIndex,
 }
 
 fn copy_note_path(store: &Store, lineage: &CacheKey) -> PathBuf {
