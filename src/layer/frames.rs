@@ -275,6 +275,13 @@ struct Done {
     copied: bool,
 }
 
+/// What the diff ID's hasher thread is given, in tar order.
+enum HashJob {
+    /// The hash state after the skipped leading segments (sent before any tar).
+    Start(TarHasher),
+    Tar(Vec<u8>),
+}
+
 /// Buffers handed back for reuse: fresh pages are slow to fault in, reused ones are not.
 #[derive(Default)]
 struct Pool(Mutex<Vec<Vec<u8>>>);
@@ -794,8 +801,29 @@ pub(crate) fn write_frames<W: Write>(
         }
         drop(to_writer);
 
-        let written = (|| -> Result<(TarHasher, Vec<FrameNote>, usize, usize), LayerError> {
-            let mut hasher: Option<TarHasher> = None;
+        // The diff ID is hashed on a thread of its own, beside the writing of the frames.
+        let (to_hasher, hasher_inbox) = mpsc::sync_channel::<HashJob>(2);
+        let hasher_thread = scope.spawn(move || -> (Option<TarHasher>, Vec<Option<String>>) {
+            let mut hasher = None;
+            let mut states = Vec::new();
+            for job in hasher_inbox {
+                match job {
+                    HashJob::Start(start) => hasher = Some(start),
+                    HashJob::Tar(tar) => {
+                        let hasher: &mut TarHasher = hasher.get_or_insert_with(TarHasher::new);
+                        states.push(hasher.state());
+                        hasher.update(&tar);
+                        pool.put(tar);
+                    }
+                }
+            }
+            (hasher, states)
+        });
+        let written = (|| -> Result<(Vec<FrameNote>, usize, usize, u64), LayerError> {
+            let to_hasher = to_hasher;
+            let hasher_gone =
+                || LayerError::WriteLayer(io::Error::other("the diff ID hasher stopped"));
+            let mut started = false;
             let mut notes = Vec::new();
             let (mut n_skipped, mut n_copied) = (0, 0);
             let mut tar_skipped = 0u64;
@@ -820,24 +848,24 @@ pub(crate) fn write_frames<W: Write>(
                             previous.index.frames[seq].clone()
                         }
                         Some(tar) => {
-                            let hasher = match &mut hasher {
-                                Some(hasher) => hasher,
-                                None => hasher.insert(resume(previous, n_skipped, tar_skipped)?),
-                            };
-                            let tar_state = hasher.state().ok_or_else(|| {
-                                LayerError::WriteLayer(io::Error::other(
-                                    "a frame does not start on a tar block",
-                                ))
-                            })?;
-                            hasher.update(&tar);
+                            if !started {
+                                let start = resume(previous, n_skipped, tar_skipped)?;
+                                to_hasher
+                                    .send(HashJob::Start(start))
+                                    .map_err(|_| hasher_gone())?;
+                                started = true;
+                            }
                             n_copied += usize::from(copied);
                             let note = FrameNote {
                                 key,
                                 tar_len: tar.len() as u64,
                                 blob_len: (frame.len() - frame_start) as u64,
-                                tar_state,
+                                // Filled in from the hasher's states at the end.
+                                tar_state: String::new(),
                             };
-                            pool.put(tar);
+                            to_hasher
+                                .send(HashJob::Tar(tar))
+                                .map_err(|_| hasher_gone())?;
                             note
                         }
                     };
@@ -848,11 +876,7 @@ pub(crate) fn write_frames<W: Write>(
                     let _ = give_credit.send(());
                 }
             }
-            let hasher = match hasher {
-                Some(hasher) => hasher,
-                None => resume(previous, n_skipped, tar_skipped)?,
-            };
-            Ok((hasher, notes, n_skipped, n_copied))
+            Ok((notes, n_skipped, n_copied, tar_skipped))
         })();
         // On an error above, dropping these stops the walker (no more credits) and so the
         // workers (no more segments).
@@ -861,10 +885,22 @@ pub(crate) fn write_frames<W: Write>(
         let walked = walker
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let (hasher, frames, n_skipped, n_copied) = match (written, walked) {
+        let (hashed, states) = hasher_thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let (mut frames, n_skipped, n_copied, tar_skipped) = match (written, walked) {
             (Err(error), _) | (Ok(_), Err(error)) => return Err(error),
             (Ok(written), Ok(())) => written,
         };
+        let hasher = match hashed {
+            Some(hasher) => hasher,
+            None => resume(previous, n_skipped, tar_skipped)?,
+        };
+        for (note, state) in frames[n_skipped..].iter_mut().zip(states) {
+            note.tar_state = state.ok_or_else(|| {
+                LayerError::WriteLayer(io::Error::other("a frame does not start on a tar block"))
+            })?;
+        }
         out.flush().map_err(LayerError::WriteLayer)?;
         let end_state = hasher.state().ok_or_else(|| {
             LayerError::WriteLayer(io::Error::other("the tar does not end on a block"))

@@ -58,7 +58,7 @@ use crate::store::{Image, Store, StoreError};
 use copy::{Item, ItemKind, Root};
 use progress::{Event, ProgressSink, StepInfo, Stream};
 use record::{CacheRecord, LayerRef};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1539,17 +1539,14 @@ fn run_copy(
     // The digests of the copied files let the commit tell unchanged segments of the layer
     // without reading them, and copy their frames from the previous run's blob.
     let reuse = crate::layer::Reuse {
-        digests: known
-            .iter()
-            .map(|(path, digest)| (path.clone(), digest.clone()))
-            .collect(),
+        digests: known,
         previous: previous_layer,
     };
     let result = commit_reusing(store, parent, &upper, step, Some(&reuse));
     let _ = remove_all(&state_dir);
     if let (Ok(Some((layer, frames))), Some(lineage)) = (&result, lineage) {
-        if !known.is_empty() {
-            save_previous_copy(store, parent, layer, frames, lineage, known);
+        if !reuse.digests.is_empty() {
+            save_previous_copy(store, parent, layer, frames, lineage, reuse.digests);
         }
     }
     result.map(|committed| committed.map(|(layer, _)| layer))
@@ -1591,7 +1588,7 @@ fn save_previous_copy(
     layer: &LayerRef,
     frames: &crate::layer::FrameIndex,
     lineage: &CacheKey,
-    known: BTreeMap<PathBuf, Digest>,
+    known: HashMap<PathBuf, Digest>,
 ) {
     let mut with = parent.clone();
     with.layers.push(layer.clone());
