@@ -753,10 +753,13 @@ pub(crate) fn write_frames<W: Write>(
     let previous = previous.as_ref();
     let digests = reuse.map(|reuse| &reuse.digests);
     let pool = Pool::default();
+    // One more worker than cores: a worker often waits on a read (the previous blob's frames
+    // with O_DIRECT, or files), and zstd's one-shot mode never uses more than one core each.
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .clamp(1, 4);
+        .clamp(1, 4)
+        + 1;
     let (to_workers, work) = mpsc::sync_channel::<Segment>(IN_FLIGHT);
     let work = Mutex::new(work);
     let (to_writer, results) = mpsc::channel::<Result<Done, LayerError>>();
