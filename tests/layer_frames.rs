@@ -228,6 +228,13 @@ fn an_index_that_does_not_fit_its_blob_is_not_used() {
     assert!(foreign_blob == blob);
     assert_eq!((foreign_stream.n_skipped, foreign_stream.n_copied), (0, 0));
 
+    // A damaged index (a hash state that is not one): nothing is reused.
+    let mut damaged = first.index.clone();
+    damaged.frames[2].tar_state = "not a state".into();
+    let (damaged_blob, damaged_stream) = commit(&upper, Some(&reuse_with(damaged, &previous_blob)));
+    assert!(damaged_blob == blob);
+    assert_eq!((damaged_stream.n_skipped, damaged_stream.n_copied), (0, 0));
+
     // A blob that is not the one the index describes (another length): nothing is reused.
     let short_blob = work.path().join("short.blob");
     std::fs::write(&short_blob, &blob[..blob.len() - 1]).unwrap();

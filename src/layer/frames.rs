@@ -327,6 +327,15 @@ impl<'a> Previous<'a> {
         if index.format != format_name(level) {
             return None;
         }
+        // A damaged index is not used: every state must be one the tar hash can resume from.
+        let resumable = |state: &str| TarHasher::resume(state, 0).is_some();
+        let frames_ok = index
+            .frames
+            .iter()
+            .all(|frame| frame.tar_len % 512 == 0 && resumable(&frame.tar_state));
+        if !frames_ok || !resumable(&index.end_state) {
+            return None;
+        }
         let blob = File::open(path).ok()?;
         let mut offsets = Vec::with_capacity(index.frames.len());
         let mut end = 0u64;
