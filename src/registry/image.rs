@@ -99,7 +99,10 @@ pub fn pull_image(
         downloads.push(BlobDownload {
             digest: digest.clone(),
             size: Some(*size),
-            writer: store.blob_writer().map_err(store_error)?,
+            // The client verifies each download's digest as it arrives: not hashed twice.
+            writer: store
+                .blob_writer_digested_by_caller()
+                .map_err(store_error)?,
         });
     }
     let results = transfer::download_blobs_with_progress(
@@ -111,7 +114,7 @@ pub fn pull_image(
     for ((digest, _), result) in missing.iter().zip(results) {
         match result {
             Ok(writer) => {
-                if let Err(err) = writer.commit(Some(digest)) {
+                if let Err(err) = writer.commit_digested(digest) {
                     first_error.get_or_insert(store_error(err));
                 }
             }

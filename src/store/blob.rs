@@ -39,6 +39,11 @@ pub struct BlobWriter {
 enum Sink {
     Cached(DigestWriter<BufWriter<tempfile::NamedTempFile>>),
     Uncached(UncachedWriter<tempfile::NamedTempFile>),
+    /// Bytes whose digest the caller computes as it writes them ([`Store::blob_writer_digested_by_caller`]).
+    Unhashed {
+        file: BufWriter<tempfile::NamedTempFile>,
+        n_bytes: u64,
+    },
 }
 
 impl BlobWriter {
@@ -47,7 +52,21 @@ impl BlobWriter {
         match &self.inner {
             Sink::Cached(inner) => inner.n_bytes(),
             Sink::Uncached(inner) => inner.n_bytes(),
+            Sink::Unhashed { n_bytes, .. } => *n_bytes,
         }
+    }
+
+    /// Commits a writer from [`Store::blob_writer_digested_by_caller`] as the blob `digest`:
+    /// the sha256 the caller computed of exactly the bytes it wrote here (a registry client
+    /// verifying a download as it arrives). fsync and rename as [`BlobWriter::commit`].
+    pub fn commit_digested(self, digest: &Digest) -> Result<BlobInfo> {
+        let Sink::Unhashed { file, n_bytes } = self.inner else {
+            return self.commit(Some(digest));
+        };
+        let temp = file
+            .into_inner()
+            .map_err(|err| StoreError::WriteBlob(err.into_error()))?;
+        self.store.persist_blob(temp, digest.clone(), n_bytes)
     }
 
     /// Flushes, fsyncs, checks the digest against `expected` (when given) and renames the file
@@ -65,6 +84,13 @@ impl BlobWriter {
                 let written = inner.finish().map_err(StoreError::WriteBlob)?;
                 (written.digest, written.size, written.file)
             }
+            Sink::Unhashed { .. } => {
+                return Err(StoreError::Invalid(
+                    "a blob written without hashing is committed by its writer's digest \
+                     (commit_digested)"
+                        .into(),
+                ))
+            }
         };
         if let Some(expected) = expected {
             if *expected != digest {
@@ -74,19 +100,7 @@ impl BlobWriter {
                 });
             }
         }
-        let commit_error = |source| StoreError::CommitBlob {
-            digest: digest.clone(),
-            source,
-        };
-        let target = self.store.blob_path(&digest);
-        if target.exists() {
-            return Ok(BlobInfo { digest, size });
-        }
-        temp.as_file().sync_all().map_err(commit_error)?;
-        temp.persist(&target)
-            .map_err(|err| commit_error(err.error))?;
-        sync_dir(&self.store.blobs_dir()).map_err(commit_error)?;
-        Ok(BlobInfo { digest, size })
+        self.store.persist_blob(temp, digest, size)
     }
 }
 
@@ -95,12 +109,18 @@ impl Write for BlobWriter {
         match &mut self.inner {
             Sink::Cached(inner) => inner.write(buf),
             Sink::Uncached(inner) => inner.write(buf),
+            Sink::Unhashed { file, n_bytes } => {
+                let n = file.write(buf)?;
+                *n_bytes += n as u64;
+                Ok(n)
+            }
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
             Sink::Cached(inner) => inner.flush(),
             Sink::Uncached(inner) => inner.flush(),
+            Sink::Unhashed { file, .. } => file.flush(),
         }
     }
 }
@@ -141,6 +161,43 @@ impl Store {
                 dir: self.tmp_dir(),
                 source,
             })
+    }
+
+    /// fsyncs `temp` and renames it to the blob `digest` (kept as it is if already there).
+    fn persist_blob(
+        &self,
+        temp: tempfile::NamedTempFile,
+        digest: Digest,
+        size: u64,
+    ) -> Result<BlobInfo> {
+        let commit_error = |source| StoreError::CommitBlob {
+            digest: digest.clone(),
+            source,
+        };
+        let target = self.blob_path(&digest);
+        if target.exists() {
+            return Ok(BlobInfo { digest, size });
+        }
+        temp.as_file().sync_all().map_err(commit_error)?;
+        temp.persist(&target)
+            .map_err(|err| commit_error(err.error))?;
+        sync_dir(&self.blobs_dir()).map_err(commit_error)?;
+        Ok(BlobInfo { digest, size })
+    }
+
+    /// A writer for a blob whose writer digests the bytes itself as it writes them (a
+    /// registry download, which the client verifies against its digest as it arrives): this
+    /// writer does not hash them a second time, and is committed with
+    /// [`BlobWriter::commit_digested`] once the caller's digest matched.
+    pub fn blob_writer_digested_by_caller(&self) -> Result<BlobWriter> {
+        let temp = self.blob_temp_file()?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            inner: Sink::Unhashed {
+                file: BufWriter::with_capacity(1 << 20, temp),
+                n_bytes: 0,
+            },
+        })
     }
 
     /// A writer for a new blob.
@@ -274,6 +331,33 @@ mod tests {
         let info = check(data, Some(&Digest::of_bytes(data))).unwrap();
         assert_eq!(info.size, data.len() as u64);
         assert_eq!(check(data, None).unwrap().digest, Digest::of_bytes(data));
+    }
+
+    /// A writer whose caller digests the bytes stores them under the caller's digest, refuses a
+    /// plain commit (it has no digest of its own to check), and leaves nothing in tmp.
+    #[test]
+    fn a_writer_digested_by_its_caller_commits_under_that_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"downloaded layer bytes";
+        let mut writer = store.blob_writer_digested_by_caller().unwrap();
+        writer.write_all(data).unwrap();
+        assert_eq!(writer.n_bytes(), data.len() as u64);
+        let digest = Digest::of_bytes(data);
+        let info = writer.commit_digested(&digest).unwrap();
+        assert_eq!(
+            (info.digest.clone(), info.size),
+            (digest, data.len() as u64)
+        );
+        assert_eq!(std::fs::read(store.blob_path(&info.digest)).unwrap(), data);
+
+        let mut unchecked = store.blob_writer_digested_by_caller().unwrap();
+        unchecked.write_all(b"other bytes").unwrap();
+        assert!(matches!(
+            unchecked.commit(None),
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 
     /// The uncached writer stores the same bytes under the same digest, fsynced and renamed

@@ -613,8 +613,9 @@ impl RemoteCache {
                     },
                 });
             };
+            // get_blob verifies the digest as the bytes arrive: not hashed twice.
             let mut writer = store
-                .blob_writer()
+                .blob_writer_digested_by_caller()
                 .map_err(store_error(format!("store layer {}", layer.digest)))?;
             client
                 .get_blob(
@@ -628,7 +629,7 @@ impl RemoteCache {
                     source: Box::new(err),
                 })?;
             writer
-                .commit(Some(&layer.digest))
+                .commit_digested(&layer.digest)
                 .map_err(store_error(format!("store layer {}", layer.digest)))?;
         }
         Ok(())
