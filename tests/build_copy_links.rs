@@ -234,4 +234,24 @@ fn issue5_a_copy_keeps_directory_mtimes_and_gives_the_same_layer_every_time() {
         std::fs::read(flatten(root.path(), "t:1").path().join("app/bulk/f20.txt")).unwrap()
             == noise(99, 100_001)
     );
+
+    // The COPY's blob is finished while the RUN after it runs; every record names a finished
+    // blob (never the stand-in of a layer still being written).
+    let mut n_layers = 0;
+    for entry in std::fs::read_dir(root.path().join("cache/records")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let Some(layer) = record["layer"].as_object() else {
+            continue;
+        };
+        n_layers += 1;
+        let digest: kiln::digest::Digest = layer["digest"].as_str().unwrap().parse().unwrap();
+        assert_ne!(layer["digest"], layer["diff_id"], "{record}");
+        assert_eq!(
+            std::fs::metadata(store.blob_path(&digest)).unwrap().len(),
+            layer["size"].as_u64().unwrap(),
+            "{record}"
+        );
+    }
+    assert!(n_layers >= 4, "{n_layers} records with layers");
 }

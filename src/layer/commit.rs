@@ -125,7 +125,7 @@ const COPY_BUFFER: usize = 1 << 20;
 /// but not synced: the caller owns durability (fsync + rename of its blob file).
 pub fn write_layer(
     upper: &Path,
-    out: impl Write,
+    out: impl Write + Send,
     options: CommitOptions,
 ) -> Result<CommittedLayer, LayerError> {
     let (blob, stream) = compress_into(upper, DigestWriter::new(out), options)?;
@@ -152,7 +152,7 @@ pub struct LayerStream {
 /// writer's to report.
 pub fn write_layer_stream(
     upper: &Path,
-    out: impl Write,
+    out: impl Write + Send,
     options: CommitOptions,
 ) -> Result<LayerStream, LayerError> {
     Ok(compress_into(upper, out, options)?.1)
@@ -163,36 +163,56 @@ pub fn write_layer_stream(
 /// next commit. The blob is the same as without `reuse`.
 pub fn write_layer_frames(
     upper: &Path,
-    out: impl Write,
+    out: impl Write + Send,
     level: i32,
     exclude: &[PathBuf],
     reuse: Option<&Reuse>,
 ) -> Result<FramedStream, LayerError> {
-    let exclude = normalize_excludes(exclude)?;
-    Ok(framed_into(upper, out, level, &exclude, reuse)?.1)
+    write_layer_frames_with(upper, out, level, exclude, reuse, |_, _| {})
 }
 
-fn framed_into<W: Write>(
+/// [`write_layer_frames`], calling `tar_done` with the diff ID and the tar's size as soon as
+/// they are known, before the blob is all written; `upper` is not read after that.
+pub fn write_layer_frames_with(
+    upper: &Path,
+    out: impl Write + Send,
+    level: i32,
+    exclude: &[PathBuf],
+    reuse: Option<&Reuse>,
+    tar_done: impl FnOnce(&Digest, u64),
+) -> Result<FramedStream, LayerError> {
+    let exclude = normalize_excludes(exclude)?;
+    Ok(framed_into(upper, out, level, &exclude, reuse, tar_done)?.1)
+}
+
+fn framed_into<W: Write + Send>(
     upper: &Path,
     out: W,
     level: i32,
     exclude: &HashSet<PathBuf>,
     reuse: Option<&Reuse>,
+    tar_done: impl FnOnce(&Digest, u64),
 ) -> Result<(W, FramedStream), LayerError> {
-    write_frames(out, level, reuse, |sink| {
-        let mut walker = Walker {
-            upper,
-            exclude,
-            first_paths: HashMap::new(),
-            tar: sink,
-        };
-        walker.walk_dir(Path::new(""))
-    })
+    write_frames(
+        out,
+        level,
+        reuse,
+        |sink| {
+            let mut walker = Walker {
+                upper,
+                exclude,
+                first_paths: HashMap::new(),
+                tar: sink,
+            };
+            walker.walk_dir(Path::new(""))
+        },
+        tar_done,
+    )
 }
 
 /// Streams the tar of `upper` through the compressor into `out`, flushes `out` and gives it
 /// back.
-fn compress_into<W: Write>(
+fn compress_into<W: Write + Send>(
     upper: &Path,
     out: W,
     options: CommitOptions,
@@ -206,7 +226,7 @@ fn compress_into<W: Write>(
     };
     let (blob, diff_id, uncompressed_size) = match compression {
         Compression::Zstd { level } => {
-            let (blob, framed) = framed_into(upper, blob, level, &exclude, None)?;
+            let (blob, framed) = framed_into(upper, blob, level, &exclude, None, |_, _| {})?;
             (blob, framed.diff_id, framed.uncompressed_size)
         }
         Compression::Gzip => {
@@ -230,7 +250,7 @@ fn compress_into<W: Write>(
 /// Commits `upper` as an uncompressed layer tar into `out` (what `docker save` archives hold).
 pub fn write_tar(
     upper: &Path,
-    out: impl Write,
+    out: impl Write + Send,
     exclude: &[PathBuf],
 ) -> Result<TarLayer, LayerError> {
     let layer = write_layer(

@@ -268,11 +268,25 @@ struct Done {
     seq: usize,
     /// `None` for a skipped segment.
     tar: Option<Vec<u8>>,
-    /// The frame is `frame[frame_start..]`.
-    frame: Vec<u8>,
-    frame_start: usize,
+    frame: Frame,
     key: Option<String>,
-    copied: bool,
+}
+
+/// A frame on its way to the blob: made here, or to be copied from the previous blob by the
+/// frame writer (which reads it just before writing it, so frames to copy cost no memory
+/// while they wait).
+enum Frame {
+    Made(Vec<u8>),
+    Copy { offset: u64, len: u64 },
+}
+
+impl Frame {
+    fn len(&self) -> u64 {
+        match self {
+            Frame::Made(bytes) => bytes.len() as u64,
+            Frame::Copy { len, .. } => *len,
+        }
+    }
 }
 
 /// What the diff ID's hasher thread is given, in tar order.
@@ -362,10 +376,6 @@ impl<'a> Previous<'a> {
             offsets,
             by_key,
         })
-    }
-
-    fn read_frame(&self, at: usize, into: &mut Vec<u8>) -> io::Result<usize> {
-        self.read_range(self.offsets[at], self.index.frames[at].blob_len, into)
     }
 
     /// Reads `len` bytes at `offset` into `into`; returns where in `into` they start.
@@ -678,7 +688,8 @@ fn read_part(
     Ok(())
 }
 
-/// Compresses or copies one segment's frame.
+/// Reads a segment's files and compresses its frame, or notes which frame of the previous
+/// blob it is.
 fn make_frame(
     segment: Segment,
     level: i32,
@@ -687,20 +698,17 @@ fn make_frame(
     pool: &Pool,
 ) -> Result<Done, LayerError> {
     let write_err = LayerError::WriteLayer;
-    let mut frame = pool.take();
     match segment {
         Segment::Skipped { seq } => {
             let previous = previous.expect("skipped only with a previous blob");
-            let frame_start = previous
-                .read_frame(seq, &mut frame)
-                .map_err(|source| LayerError::ReadPrevious { source })?;
             Ok(Done {
                 seq,
                 tar: None,
-                frame,
-                frame_start,
+                frame: Frame::Copy {
+                    offset: previous.offsets[seq],
+                    len: previous.index.frames[seq].blob_len,
+                },
                 key: previous.index.frames[seq].key.clone(),
-                copied: true,
             })
         }
         Segment::Data {
@@ -711,18 +719,13 @@ fn make_frame(
             copy,
         } => {
             let tar = materialize(pieces, len, pool.take())?;
-            if let (Some((offset, len)), Some(previous)) = (copy, previous) {
-                // A frame that cannot be read back is made again.
-                if let Ok(frame_start) = previous.read_range(offset, len, &mut frame) {
-                    return Ok(Done {
-                        seq,
-                        tar: Some(tar),
-                        frame,
-                        frame_start,
-                        key,
-                        copied: true,
-                    });
-                }
+            if let Some((offset, len)) = copy.filter(|_| previous.is_some()) {
+                return Ok(Done {
+                    seq,
+                    tar: Some(tar),
+                    frame: Frame::Copy { offset, len },
+                    key,
+                });
             }
             if compressor.is_none() {
                 let mut fresh = zstd::bulk::Compressor::new(level).map_err(write_err)?;
@@ -731,6 +734,7 @@ fn make_frame(
             }
             let compressor = compressor.as_mut().expect("just made");
             // Into the vector's spare capacity: nothing is zeroed first.
+            let mut frame = pool.take();
             frame.clear();
             frame.reserve(zstd::zstd_safe::compress_bound(tar.len()));
             compressor
@@ -739,10 +743,8 @@ fn make_frame(
             Ok(Done {
                 seq,
                 tar: Some(tar),
-                frame,
-                frame_start: 0,
+                frame: Frame::Made(frame),
                 key,
-                copied: false,
             })
         }
     }
@@ -750,11 +752,16 @@ fn make_frame(
 
 /// Walks (with `walk`, which feeds the [`FrameSink`] it is given) and writes the framed blob
 /// into `out`, reusing what `reuse` allows. `out` is flushed, not synced.
-pub(crate) fn write_frames<W: Write>(
-    mut out: W,
+///
+/// `tar_done` is called with the diff ID and the tar's size as soon as every segment is read
+/// and hashed, which may be well before the frames are all written (frames copied from the
+/// previous blob are read and written last): from then on nothing reads the walked tree.
+pub(crate) fn write_frames<W: Write + Send>(
+    out: W,
     level: i32,
     reuse: Option<&Reuse>,
     walk: impl FnOnce(&mut FrameSink<'_>) -> Result<(), LayerError> + Send,
+    tar_done: impl FnOnce(&Digest, u64),
 ) -> Result<(W, FramedStream), LayerError> {
     let previous = reuse
         .and_then(|reuse| reuse.previous.as_ref())
@@ -762,8 +769,8 @@ pub(crate) fn write_frames<W: Write>(
     let previous = previous.as_ref();
     let digests = reuse.map(|reuse| &reuse.digests);
     let pool = Pool::default();
-    // One more worker than cores: a worker often waits on a read (the previous blob's frames
-    // with O_DIRECT, or files), and zstd's one-shot mode never uses more than one core each.
+    // One more worker than cores: a worker often waits on a read of a file, and zstd's
+    // one-shot mode never uses more than one core each.
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -771,10 +778,15 @@ pub(crate) fn write_frames<W: Write>(
         + 1;
     let (to_workers, work) = mpsc::sync_channel::<Segment>(IN_FLIGHT);
     let work = Mutex::new(work);
-    let (to_writer, results) = mpsc::channel::<Result<Done, LayerError>>();
+    let (to_main, results) = mpsc::channel::<Result<Done, LayerError>>();
     let (give_credit, credits) = mpsc::channel::<()>();
     for _ in 0..IN_FLIGHT {
         give_credit.send(()).expect("receiver alive");
+    }
+    // Frames made here wait for the frame writer holding one of these; frames to copy do not.
+    let (return_frame_credit, frame_credits) = mpsc::channel::<()>();
+    for _ in 0..IN_FLIGHT {
+        return_frame_credit.send(()).expect("receiver alive");
     }
     std::thread::scope(|scope| {
         let pool = &pool;
@@ -794,7 +806,7 @@ pub(crate) fn write_frames<W: Write>(
             sink.finish()
         });
         for _ in 0..workers {
-            let to_writer = to_writer.clone();
+            let to_main = to_main.clone();
             let work = &work;
             scope.spawn(move || {
                 let mut compressor = None;
@@ -805,13 +817,13 @@ pub(crate) fn write_frames<W: Write>(
                     };
                     let Ok(segment) = segment else { break };
                     let done = make_frame(segment, level, &mut compressor, previous, pool);
-                    if to_writer.send(done).is_err() {
+                    if to_main.send(done).is_err() {
                         break;
                     }
                 }
             });
         }
-        drop(to_writer);
+        drop(to_main);
 
         // The diff ID is hashed on a thread of its own, beside the writing of the frames.
         let (to_hasher, hasher_inbox) = mpsc::sync_channel::<HashJob>(2);
@@ -831,10 +843,39 @@ pub(crate) fn write_frames<W: Write>(
             }
             (hasher, states)
         });
+        // The frames go to the blob in order on a thread of their own too.
+        let (to_frame_writer, frame_inbox) = mpsc::channel::<Frame>();
+        let frame_writer = scope.spawn(move || -> Result<W, LayerError> {
+            let mut out = out;
+            let return_frame_credit = return_frame_credit;
+            let mut copied = Vec::new();
+            for frame in frame_inbox {
+                match frame {
+                    Frame::Made(bytes) => {
+                        out.write_all(&bytes).map_err(LayerError::WriteLayer)?;
+                        pool.put(bytes);
+                        let _ = return_frame_credit.send(());
+                    }
+                    Frame::Copy { offset, len } => {
+                        let previous = previous.expect("copies only with a previous blob");
+                        let start = previous
+                            .read_range(offset, len, &mut copied)
+                            .map_err(|source| LayerError::ReadPrevious { source })?;
+                        out.write_all(&copied[start..])
+                            .map_err(LayerError::WriteLayer)?;
+                    }
+                }
+            }
+            out.flush().map_err(LayerError::WriteLayer)?;
+            Ok(out)
+        });
+
         let written = (|| -> Result<(Vec<FrameNote>, usize, usize, u64), LayerError> {
             let to_hasher = to_hasher;
-            let hasher_gone =
-                || LayerError::WriteLayer(io::Error::other("the diff ID hasher stopped"));
+            let to_frame_writer = to_frame_writer;
+            let stopped = |what: &str| {
+                LayerError::WriteLayer(io::Error::other(format!("the {what} stopped")))
+            };
             let mut started = false;
             let mut notes = Vec::new();
             let (mut n_skipped, mut n_copied) = (0, 0);
@@ -848,9 +889,7 @@ pub(crate) fn write_frames<W: Write>(
                         seq,
                         tar,
                         frame,
-                        frame_start,
                         key,
-                        copied,
                     } = done;
                     let note = match tar {
                         None => {
@@ -864,26 +903,29 @@ pub(crate) fn write_frames<W: Write>(
                                 let start = resume(previous, n_skipped, tar_skipped)?;
                                 to_hasher
                                     .send(HashJob::Start(start))
-                                    .map_err(|_| hasher_gone())?;
+                                    .map_err(|_| stopped("diff ID hasher"))?;
                                 started = true;
                             }
-                            n_copied += usize::from(copied);
+                            n_copied += usize::from(matches!(frame, Frame::Copy { .. }));
                             let note = FrameNote {
                                 key,
                                 tar_len: tar.len() as u64,
-                                blob_len: (frame.len() - frame_start) as u64,
+                                blob_len: frame.len(),
                                 // Filled in from the hasher's states at the end.
                                 tar_state: String::new(),
                             };
                             to_hasher
                                 .send(HashJob::Tar(tar))
-                                .map_err(|_| hasher_gone())?;
+                                .map_err(|_| stopped("diff ID hasher"))?;
                             note
                         }
                     };
-                    out.write_all(&frame[frame_start..])
-                        .map_err(LayerError::WriteLayer)?;
-                    pool.put(frame);
+                    if matches!(frame, Frame::Made(_)) {
+                        frame_credits.recv().map_err(|_| stopped("frame writer"))?;
+                    }
+                    to_frame_writer
+                        .send(frame)
+                        .map_err(|_| stopped("frame writer"))?;
                     notes.push(note);
                     let _ = give_credit.send(());
                 }
@@ -891,37 +933,58 @@ pub(crate) fn write_frames<W: Write>(
             Ok((notes, n_skipped, n_copied, tar_skipped))
         })();
         // On an error above, dropping these stops the walker (no more credits) and so the
-        // workers (no more segments).
+        // workers (no more segments); the hasher and the frame writer end with their inboxes.
         drop(give_credit);
         drop(results);
+        drop(frame_credits);
         let walked = walker
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let (hashed, states) = hasher_thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let (mut frames, n_skipped, n_copied, tar_skipped) = match (written, walked) {
-            (Err(error), _) | (Ok(_), Err(error)) => return Err(error),
-            (Ok(written), Ok(())) => written,
+        let finish = || -> Result<(TarHasher, Vec<FrameNote>, usize, usize), LayerError> {
+            let (mut frames, n_skipped, n_copied, tar_skipped) = match (written, walked) {
+                (Err(error), _) | (Ok(_), Err(error)) => return Err(error),
+                (Ok(written), Ok(())) => written,
+            };
+            let hasher = match hashed {
+                Some(hasher) => hasher,
+                None => resume(previous, n_skipped, tar_skipped)?,
+            };
+            for (note, state) in frames[n_skipped..].iter_mut().zip(states) {
+                note.tar_state = state.ok_or_else(|| {
+                    LayerError::WriteLayer(io::Error::other(
+                        "a frame does not start on a tar block",
+                    ))
+                })?;
+            }
+            Ok((hasher, frames, n_skipped, n_copied))
         };
-        let hasher = match hashed {
-            Some(hasher) => hasher,
-            None => resume(previous, n_skipped, tar_skipped)?,
+        let finished = finish();
+        let (hasher, frames, n_skipped, n_copied) = match finished {
+            Ok(finished) => finished,
+            Err(error) => {
+                // The frame writer's own error, if it has one, says more.
+                let written = frame_writer
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                return Err(written.err().unwrap_or(error));
+            }
         };
-        for (note, state) in frames[n_skipped..].iter_mut().zip(states) {
-            note.tar_state = state.ok_or_else(|| {
-                LayerError::WriteLayer(io::Error::other("a frame does not start on a tar block"))
-            })?;
-        }
-        out.flush().map_err(LayerError::WriteLayer)?;
         let end_state = hasher.state().ok_or_else(|| {
             LayerError::WriteLayer(io::Error::other("the tar does not end on a block"))
         })?;
         let uncompressed_size = hasher.len();
+        let diff_id = hasher.finish();
+        tar_done(&diff_id, uncompressed_size);
+        let out = frame_writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         Ok((
             out,
             FramedStream {
-                diff_id: hasher.finish(),
+                diff_id,
                 uncompressed_size,
                 index: FrameIndex {
                     format: format_name(level),

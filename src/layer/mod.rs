@@ -22,8 +22,8 @@ pub(crate) mod xattr;
 
 pub use apply::{apply_layer, ApplyStats, WhiteoutMode};
 pub use commit::{
-    write_layer, write_layer_frames, write_layer_stream, write_tar, CommitOptions, CommittedLayer,
-    Compression, LayerStream, TarLayer, DEFAULT_ZSTD_LEVEL,
+    write_layer, write_layer_frames, write_layer_frames_with, write_layer_stream, write_tar,
+    CommitOptions, CommittedLayer, Compression, LayerStream, TarLayer, DEFAULT_ZSTD_LEVEL,
 };
 pub use frames::{FrameIndex, FramedStream, Reuse};
 

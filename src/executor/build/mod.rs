@@ -245,6 +245,58 @@ struct Shared<'a> {
     n_cached: AtomicUsize,
     n_steps: AtomicUsize,
     lazy: LazyPlan,
+    /// COPY layers whose blobs are still being written ([`commit_in_background`]).
+    pending: Mutex<Vec<PendingLayer>>,
+}
+
+/// A COPY layer whose blob is being written on a thread of its own while the build goes on:
+/// the next steps need only its snapshot and diff ID. Joined before the image is assembled
+/// (and before a failed build returns), when its record is saved.
+struct PendingLayer {
+    diff_id: Digest,
+    done: std::thread::JoinHandle<Result<LayerRef, BuildError>>,
+    /// The step's cache record, saved once the blob is in.
+    record: Option<(CacheKey, CacheRecord)>,
+}
+
+/// Waits for every pending layer and saves its record; returns the finished layers by diff
+/// ID, or the first failure.
+fn join_pending(shared: &Shared<'_>) -> Result<HashMap<Digest, LayerRef>, BuildError> {
+    let pending = std::mem::take(
+        &mut *shared
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    let mut finished = HashMap::new();
+    let mut failure = None;
+    for layer in pending {
+        let joined = layer
+            .done
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match joined {
+            Ok(done) => {
+                if let Some((key, mut record)) = layer.record {
+                    record.layer = Some(done.clone());
+                    if let Err(source) = record::save(shared.store, &key, &record) {
+                        failure.get_or_insert(BuildError::Io {
+                            what: "write cache record".into(),
+                            source,
+                        });
+                    }
+                }
+                finished.insert(layer.diff_id, done);
+            }
+            Err(err) => {
+                failure.get_or_insert(err);
+            }
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(finished),
+    }
 }
 
 /// Builds the graph's target and stores its image (unnamed; the caller names it).
@@ -273,6 +325,7 @@ pub fn execute(
         n_cached: AtomicUsize::new(0),
         n_steps: AtomicUsize::new(0),
         lazy: LazyPlan::default(),
+        pending: Mutex::new(Vec::new()),
     };
     shared.lazy = plan_lazy(&shared)?;
     for id in &shared.lazy.skipped_hits {
@@ -349,9 +402,12 @@ pub fn execute(
             }
         }
     });
+    // Every layer still being written is waited for, whether the build failed or not.
+    let joined = join_pending(&shared);
     if let Some(err) = failure {
         return Err(err);
     }
+    let finished = joined?;
     let mut final_chain = BTreeSet::new();
     let mut cursor = Some(graph.target);
     while let Some(id) = cursor {
@@ -369,9 +425,20 @@ pub fn execute(
             })
         })
         .collect();
-    let state = states
+    let mut state = states
         .remove(&graph.target)
         .expect("the target is done when nothing failed");
+    for layer in &mut state.layers {
+        if layer.is_pending() {
+            *layer = finished
+                .get(&layer.diff_id)
+                .cloned()
+                .ok_or_else(|| BuildError::Store {
+                    what: format!("layer {} was not finished", layer.diff_id),
+                    source: StoreError::Invalid("a pending layer was lost".into()),
+                })?;
+        }
+    }
     let inline_cache = options.inline_cache.then(|| {
         remote_cache::inline_cache_value(&remote_cache::records_to_export(
             store,
@@ -656,10 +723,14 @@ fn run_node_inner(
         layer: layer.clone(),
         created: now_rfc3339(),
     };
-    record::save(store, &key, &record).map_err(|source| BuildError::Io {
-        what: format!("{step}: write cache record"),
-        source,
-    })?;
+    match layer.as_ref().filter(|layer| layer.is_pending()) {
+        // Saved with the finished layer once its blob is in.
+        Some(pending) => attach_record(shared, &pending.diff_id, key.clone(), record.clone()),
+        None => record::save(store, &key, &record).map_err(|source| BuildError::Io {
+            what: format!("{step}: write cache record"),
+            source,
+        })?,
+    }
     if let Some(layer) = layer {
         state.layers.push(layer);
     }
@@ -672,6 +743,21 @@ fn run_node_inner(
         });
     }
     Ok((state, false))
+}
+
+/// Hands a step's record to its pending layer, to be saved when the layer is finished.
+fn attach_record(shared: &Shared<'_>, diff_id: &Digest, key: CacheKey, record: CacheRecord) {
+    let mut pending = shared
+        .pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(layer) = pending
+        .iter_mut()
+        .rev()
+        .find(|layer| layer.diff_id == *diff_id && layer.record.is_none())
+    {
+        layer.record = Some((key, record));
+    }
 }
 
 /// Finds the nodes nobody needs (see the module doc). Computes every node's key in
@@ -863,18 +949,6 @@ fn commit(
     changes: &Path,
     step: &str,
 ) -> Result<Option<LayerRef>, BuildError> {
-    Ok(commit_reusing(store, parent, changes, step, None)?.map(|(layer, _)| layer))
-}
-
-/// [`commit`], copying frames of the previous blob of the same step where `reuse` allows;
-/// also gives the new blob's frame index.
-fn commit_reusing(
-    store: &Store,
-    parent: &NodeState,
-    changes: &Path,
-    step: &str,
-    reuse: Option<&crate::layer::Reuse>,
-) -> Result<Option<(LayerRef, crate::layer::FrameIndex)>, BuildError> {
     let io_error = |what: String| move |source| BuildError::Io { what, source };
     let empty = std::fs::read_dir(changes)
         .map_err(io_error(format!("{step}: read {}", changes.display())))?
@@ -894,7 +968,7 @@ fn commit_reusing(
     let mut blob = store
         .blob_writer_uncached()
         .map_err(store_error("open layer blob"))?;
-    let stream = write_layer_frames(changes, &mut blob, DEFAULT_ZSTD_LEVEL, &[], reuse).map_err(
+    let stream = write_layer_frames(changes, &mut blob, DEFAULT_ZSTD_LEVEL, &[], None).map_err(
         |source| BuildError::Commit {
             step: step.to_string(),
             source,
@@ -911,6 +985,19 @@ fn commit_reusing(
         .media_type()
         .to_string(),
     };
+    keep_snapshot(store, parent, &layer, changes, step)?;
+    Ok(Some(layer))
+}
+
+/// Renames `changes` (the upper dir of `layer` over `parent`) to the snapshot of the new
+/// chain ID, unless that snapshot is there already.
+fn keep_snapshot(
+    store: &Store,
+    parent: &NodeState,
+    layer: &LayerRef,
+    changes: &Path,
+    step: &str,
+) -> Result<(), BuildError> {
     let mut with = parent.clone();
     with.layers.push(layer.clone());
     let chain_id = chain_ids(&with)?
@@ -939,7 +1026,134 @@ fn commit_reusing(
             }
         }
     }
-    Ok(Some((layer, stream.index)))
+    Ok(())
+}
+
+/// Commits a COPY's upper dir as [`commit`] does, but returns as soon as the layer's diff ID
+/// is known and the upper dir is the snapshot, with a [`LayerRef::pending`] layer: the blob
+/// (frames copied from the last run's blob, reading it back takes the disk a while) is
+/// finished on a thread of its own, joined by `execute` before the image is assembled. The
+/// next steps need only the snapshot. The thread also keeps the copy note for the next run
+/// and removes `state_dir`.
+#[allow(clippy::too_many_arguments)]
+fn commit_in_background(
+    shared: &Shared<'_>,
+    parent: &NodeState,
+    upper: PathBuf,
+    state_dir: PathBuf,
+    step: &str,
+    reuse: crate::layer::Reuse,
+    lineage: Option<CacheKey>,
+) -> Result<Option<LayerRef>, BuildError> {
+    let store = shared.store.clone();
+    let empty = std::fs::read_dir(&upper)
+        .map_err(|source| BuildError::Io {
+            what: format!("{step}: read {}", upper.display()),
+            source,
+        })?
+        .next()
+        .is_none();
+    if empty {
+        let _ = remove_all(&state_dir);
+        return Ok(None);
+    }
+    let media_type = crate::layer::Compression::Zstd {
+        level: DEFAULT_ZSTD_LEVEL,
+    }
+    .media_type()
+    .to_string();
+    let (tar_done, diff_id) = std::sync::mpsc::channel::<Digest>();
+    let thread_upper = upper.clone();
+    let thread_parent = parent.clone();
+    let thread_step = step.to_string();
+    let thread_media_type = media_type.clone();
+    let thread = std::thread::Builder::new()
+        .name("kiln-layer".into())
+        .spawn(move || -> Result<LayerRef, BuildError> {
+            let step = thread_step;
+            let result = (|| {
+                let store_error = |what: &str| {
+                    let what = format!("{step}: {what}");
+                    move |source| BuildError::Store { what, source }
+                };
+                let mut blob = store
+                    .blob_writer_uncached()
+                    .map_err(store_error("open layer blob"))?;
+                let stream = crate::layer::write_layer_frames_with(
+                    &thread_upper,
+                    &mut blob,
+                    DEFAULT_ZSTD_LEVEL,
+                    &[],
+                    Some(&reuse),
+                    |digest, _| {
+                        let _ = tar_done.send(digest.clone());
+                    },
+                )
+                .map_err(|source| BuildError::Commit {
+                    step: step.clone(),
+                    source,
+                })?;
+                let stored = blob.commit(None).map_err(store_error("store layer blob"))?;
+                let layer = LayerRef {
+                    digest: stored.digest,
+                    diff_id: stream.diff_id,
+                    size: stored.size,
+                    media_type: thread_media_type,
+                };
+                if let Some(lineage) = &lineage {
+                    if !reuse.digests.is_empty() {
+                        save_previous_copy(
+                            &store,
+                            &thread_parent,
+                            &layer,
+                            &stream.index,
+                            lineage,
+                            reuse.digests,
+                        );
+                    }
+                }
+                Ok(layer)
+            })();
+            let _ = remove_all(&state_dir);
+            result
+        })
+        .map_err(|source| BuildError::Io {
+            what: format!("{step}: start the layer writer"),
+            source,
+        })?;
+    let join = |thread: std::thread::JoinHandle<Result<LayerRef, BuildError>>| {
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    };
+    let diff_id = match diff_id.recv() {
+        Ok(diff_id) => diff_id,
+        // The thread ended before the tar was read: it failed, and says why.
+        Err(_) => {
+            return match join(thread) {
+                Err(err) => Err(err),
+                Ok(layer) => Err(BuildError::Store {
+                    what: format!("{step}: layer {} gave no diff ID", layer.digest),
+                    source: StoreError::Invalid("the layer writer did not report".into()),
+                }),
+            }
+        }
+    };
+    let layer = LayerRef::pending(diff_id.clone(), media_type);
+    if let Err(err) = keep_snapshot(shared.store, parent, &layer, &upper, step) {
+        let _ = join(thread);
+        return Err(err);
+    }
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(PendingLayer {
+            diff_id,
+            done: thread,
+            record: None,
+        });
+    Ok(Some(layer))
 }
 
 /// Copies a step's output to the progress sink and keeps its tail for the error message.
@@ -1542,14 +1756,15 @@ fn run_copy(
         digests: known,
         previous: previous_layer,
     };
-    let result = commit_reusing(store, parent, &upper, step, Some(&reuse));
-    let _ = remove_all(&state_dir);
-    if let (Ok(Some((layer, frames))), Some(lineage)) = (&result, lineage) {
-        if !reuse.digests.is_empty() {
-            save_previous_copy(store, parent, layer, frames, lineage, reuse.digests);
-        }
-    }
-    result.map(|committed| committed.map(|(layer, _)| layer))
+    commit_in_background(
+        shared,
+        parent,
+        upper,
+        state_dir,
+        step,
+        reuse,
+        lineage.cloned(),
+    )
 }
 
 /// The files the last run of this COPY left in a snapshot that is still there, and the blob

@@ -26,6 +26,26 @@ pub struct LayerRef {
     pub media_type: String,
 }
 
+impl LayerRef {
+    /// A layer whose blob is still being written: only its diff ID is known (enough for chain
+    /// IDs and snapshots). Its digest is the diff ID and its size 0 until the executor puts
+    /// the finished layer in its place; no record or image is ever written with it.
+    pub fn pending(diff_id: Digest, media_type: String) -> LayerRef {
+        LayerRef {
+            digest: diff_id.clone(),
+            diff_id,
+            size: 0,
+            media_type,
+        }
+    }
+
+    /// Whether this is a [`LayerRef::pending`] layer (a real blob is never empty, and a
+    /// compressed one never has its tar's digest).
+    pub fn is_pending(&self) -> bool {
+        self.size == 0 && self.digest == self.diff_id
+    }
+}
+
 /// What a cached step produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheRecord {
