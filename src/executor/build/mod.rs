@@ -49,7 +49,7 @@ use crate::executor::container::{
     self, BindMount, CommandLine, ContainerError, ContainerIo, ContainerSpec, ExtraMount,
     NetworkMode, OutputSink, Rootfs, StorageDriver,
 };
-use crate::layer::{write_layer_frames, LayerError, DEFAULT_ZSTD_LEVEL};
+use crate::layer::{LayerError, DEFAULT_ZSTD_LEVEL};
 use crate::planner::{
     BuildGraph, CacheKeyError, ConfigChange, CopyOp, CopySource, ExecOp, Network, Node, NodeId, Op,
     SourceOp,
@@ -949,14 +949,34 @@ fn commit(
     changes: &Path,
     step: &str,
 ) -> Result<Option<LayerRef>, BuildError> {
-    let io_error = |what: String| move |source| BuildError::Io { what, source };
-    let empty = std::fs::read_dir(changes)
-        .map_err(io_error(format!("{step}: read {}", changes.display())))?
-        .next()
-        .is_none();
-    if empty {
+    if !has_changes(changes, step)? {
         return Ok(None);
     }
+    let (layer, _) = write_layer_blob(store, changes, step, None, |_, _| {})?;
+    keep_snapshot(store, parent, &layer, changes, step)?;
+    Ok(Some(layer))
+}
+
+/// Whether the upper dir `changes` holds anything (else the step adds no layer).
+fn has_changes(changes: &Path, step: &str) -> Result<bool, BuildError> {
+    Ok(std::fs::read_dir(changes)
+        .map_err(|source| BuildError::Io {
+            what: format!("{step}: read {}", changes.display()),
+            source,
+        })?
+        .next()
+        .is_some())
+}
+
+/// Writes the layer blob of `changes` into the store (reusing what `reuse` allows, calling
+/// `tar_done` as soon as the diff ID is known); gives the layer and the blob's frame index.
+fn write_layer_blob(
+    store: &Store,
+    changes: &Path,
+    step: &str,
+    reuse: Option<&crate::layer::Reuse>,
+    tar_done: impl FnOnce(&Digest, u64),
+) -> Result<(LayerRef, crate::layer::FrameIndex), BuildError> {
     let store_error = |what: &str| {
         let what = format!("{step}: {what}");
         move |source| BuildError::Store { what, source }
@@ -968,25 +988,35 @@ fn commit(
     let mut blob = store
         .blob_writer_uncached()
         .map_err(store_error("open layer blob"))?;
-    let stream = write_layer_frames(changes, &mut blob, DEFAULT_ZSTD_LEVEL, &[], None).map_err(
-        |source| BuildError::Commit {
-            step: step.to_string(),
-            source,
-        },
-    )?;
+    let stream = crate::layer::write_layer_frames_with(
+        changes,
+        &mut blob,
+        DEFAULT_ZSTD_LEVEL,
+        &[],
+        reuse,
+        tar_done,
+    )
+    .map_err(|source| BuildError::Commit {
+        step: step.to_string(),
+        source,
+    })?;
     let stored = blob.commit(None).map_err(store_error("store layer blob"))?;
     let layer = LayerRef {
         digest: stored.digest,
         diff_id: stream.diff_id,
         size: stored.size,
-        media_type: crate::layer::Compression::Zstd {
-            level: DEFAULT_ZSTD_LEVEL,
-        }
-        .media_type()
-        .to_string(),
+        media_type: layer_media_type(),
     };
-    keep_snapshot(store, parent, &layer, changes, step)?;
-    Ok(Some(layer))
+    Ok((layer, stream.index))
+}
+
+/// The media type of the layers a build commits.
+fn layer_media_type() -> String {
+    crate::layer::Compression::Zstd {
+        level: DEFAULT_ZSTD_LEVEL,
+    }
+    .media_type()
+    .to_string()
 }
 
 /// Renames `changes` (the upper dir of `layer` over `parent`) to the snapshot of the new
@@ -1045,77 +1075,42 @@ fn commit_in_background(
     reuse: crate::layer::Reuse,
     lineage: Option<CacheKey>,
 ) -> Result<Option<LayerRef>, BuildError> {
-    let store = shared.store.clone();
-    let empty = std::fs::read_dir(&upper)
-        .map_err(|source| BuildError::Io {
-            what: format!("{step}: read {}", upper.display()),
-            source,
-        })?
-        .next()
-        .is_none();
-    if empty {
+    if !has_changes(&upper, step)? {
         let _ = remove_all(&state_dir);
         return Ok(None);
     }
-    let media_type = crate::layer::Compression::Zstd {
-        level: DEFAULT_ZSTD_LEVEL,
-    }
-    .media_type()
-    .to_string();
+    let store = shared.store.clone();
     let (tar_done, diff_id) = std::sync::mpsc::channel::<Digest>();
     let thread_upper = upper.clone();
     let thread_parent = parent.clone();
     let thread_step = step.to_string();
-    let thread_media_type = media_type.clone();
     let thread = std::thread::Builder::new()
         .name("kiln-layer".into())
         .spawn(move || -> Result<LayerRef, BuildError> {
-            let step = thread_step;
-            let result = (|| {
-                let store_error = |what: &str| {
-                    let what = format!("{step}: {what}");
-                    move |source| BuildError::Store { what, source }
-                };
-                let mut blob = store
-                    .blob_writer_uncached()
-                    .map_err(store_error("open layer blob"))?;
-                let stream = crate::layer::write_layer_frames_with(
-                    &thread_upper,
-                    &mut blob,
-                    DEFAULT_ZSTD_LEVEL,
-                    &[],
-                    Some(&reuse),
-                    |digest, _| {
-                        let _ = tar_done.send(digest.clone());
-                    },
-                )
-                .map_err(|source| BuildError::Commit {
-                    step: step.clone(),
-                    source,
-                })?;
-                let stored = blob.commit(None).map_err(store_error("store layer blob"))?;
-                let layer = LayerRef {
-                    digest: stored.digest,
-                    diff_id: stream.diff_id,
-                    size: stored.size,
-                    media_type: thread_media_type,
-                };
-                if let Some(lineage) = &lineage {
-                    if !reuse.digests.is_empty() {
-                        save_previous_copy(
-                            &store,
-                            &thread_parent,
-                            &layer,
-                            &stream.index,
-                            lineage,
-                            reuse.digests,
-                        );
-                    }
-                }
-                Ok(layer)
-            })();
+            let result = write_layer_blob(
+                &store,
+                &thread_upper,
+                &thread_step,
+                Some(&reuse),
+                |digest, _| {
+                    let _ = tar_done.send(digest.clone());
+                },
+            );
             let _ = remove_all(&state_dir);
-            result
+            let (layer, frames) = result?;
+            if let Some(lineage) = &lineage {
+                if !reuse.digests.is_empty() {
+                    save_previous_copy(
+                        &store,
+                        &thread_parent,
+                        &layer,
+                        &frames,
+                        lineage,
+                        reuse.digests,
+                    );
+                }
+            }
+            Ok(layer)
         })
         .map_err(|source| BuildError::Io {
             what: format!("{step}: start the layer writer"),
@@ -1139,7 +1134,7 @@ fn commit_in_background(
             }
         }
     };
-    let layer = LayerRef::pending(diff_id.clone(), media_type);
+    let layer = LayerRef::pending(diff_id.clone(), layer_media_type());
     if let Err(err) = keep_snapshot(shared.store, parent, &layer, &upper, step) {
         let _ = join(thread);
         return Err(err);
@@ -1962,7 +1957,7 @@ mod tests {
         }
         std::fs::write(lower.join("file"), "x").unwrap();
         copy::with_private_mounts(|| {
-            copy::mount_overlay(&[lower.clone()], &upper, &work, &merged)?;
+            copy::mount_overlay(std::slice::from_ref(&lower), &upper, &work, &merged)?;
             // As a fork between fork and exec would: a file in the overlay open for a moment.
             let open = std::fs::File::open(merged.join("file"))?;
             let holder = std::thread::spawn(move || {
